@@ -1,0 +1,38 @@
+# decidiff-lab: `make lab` to learn, `make test` to check. Both create .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# The CPU build of torch lies on this machine's disk; installing it first stops any later
+# requirement from pulling a multi-GB CUDA build. Elsewhere, override: make TORCH="torch" ...
+TORCH  ?= torch==2.13.0
+NOTEBOOKS := $(wildcard notebooks/*.ipynb notebooks/solutions/*.ipynb)
+
+.PHONY: lab test course setup clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m ipykernel install --sys-prefix --name decidiff-lab --display-name "decidiff-lab" >/dev/null
+	touch $(STAMP)
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -n 2 --dist loadscope --nbval tests notebooks
+
+# Execute every notebook headless on the offline default, writing outputs in place.
+course: $(STAMP)
+	@for nb in $(NOTEBOOKS); do \
+		echo "executing $$nb"; \
+		HF_HUB_OFFLINE=1 $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
+			--ExecutePreprocessor.kernel_name=decidiff-lab --ExecutePreprocessor.timeout=900 "$$nb" || exit 1; \
+	done
+
+clean:
+	rm -rf $(VENV) build .pytest_cache

@@ -1,0 +1,94 @@
+"""The one registry of named model presets, and where pinned revisions live.
+
+A preset says where a pipeline's weights are (hub repo + revision, or a folder in `data/`),
+which U-Net class reads them, and which full-size architecture dicts describe it for the
+accounting module. Nano presets are registered only when their folder exists in `data/`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import architectures as arch
+from .errors import UserError
+
+# Pinned revisions, recorded in one place. "main" until an instructor with hub access pins
+# the commit that `decidiff-lab fetch` prints (the hub is unreachable from our CI).
+REVISIONS = {
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": "main",
+    "Deci/DeciDiffusion-v1-0": "main",
+    "Deci/DeciDiffusion-v2-0": "main",
+}
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    repo_id: str | None = None  # hub presets
+    local_dir: Path | None = None  # nano presets, shipped in data/
+    unet_subfolder: str = "unet"
+    flexible_unet: bool = False  # U-Net-NAS (FlexibleUNet2DConditionModel) vs UNet2DConditionModel
+    default_steps: int = 50
+    unet_config: dict = field(default_factory=dict, repr=False)  # for meta-device accounting
+    vae_config: dict = field(default_factory=lambda: arch.SD15_VAE, repr=False)
+    text_encoder_config: dict = field(default_factory=lambda: arch.SD15_TEXT_ENCODER, repr=False)
+    reconstruction: bool = False  # unet_config is our reconstruction, not the published one
+
+    @property
+    def revision(self) -> str | None:
+        return REVISIONS.get(self.repo_id) if self.repo_id else None
+
+    @property
+    def is_nano(self) -> bool:
+        return self.local_dir is not None
+
+
+HUB_PRESETS = {
+    p.name: p
+    for p in (
+        Preset("sd15", "Stable Diffusion 1.5 (maintained mirror of runwayml's deleted repo)",
+               repo_id="stable-diffusion-v1-5/stable-diffusion-v1-5", default_steps=50,
+               unet_config=arch.SD15_UNET),
+        Preset("deci-v1", "DeciDiffusion 1.0: U-Net-NAS, SD 1.5's VAE and CLIP",
+               repo_id="Deci/DeciDiffusion-v1-0", unet_subfolder="flexible_unet", flexible_unet=True,
+               default_steps=30, unet_config=arch.DECI_V1_RECONSTRUCTION, reconstruction=True),
+        Preset("deci-v2", "DeciDiffusion 2.0: smaller U-Net-NAS, squeezed DPM-Solver++",
+               repo_id="Deci/DeciDiffusion-v2-0", unet_subfolder="flexible_unet", flexible_unet=True,
+               default_steps=16, unet_config=arch.DECI_V2_RECONSTRUCTION, reconstruction=True),
+    )
+}
+
+NANO_NAMES = ("nano-sd", "nano-deci")
+
+
+def data_dir() -> Path:
+    """The course's `data/` folder (override with DECIDIFF_LAB_DATA)."""
+    env = os.environ.get("DECIDIFF_LAB_DATA")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "data"
+
+
+def nano_presets() -> dict[str, Preset]:
+    """Nano presets whose pipeline folders exist in data/ (absent, never faked, otherwise)."""
+    found = {}
+    for name in NANO_NAMES:
+        folder = data_dir() / name
+        if (folder / "model_index.json").is_file():
+            found[name] = Preset(name, f"nano model trained by this project ({folder})", local_dir=folder,
+                                 flexible_unet=name == "nano-deci", default_steps=10 if name == "nano-deci" else 16)
+    return found
+
+
+def all_presets() -> dict[str, Preset]:
+    return {**HUB_PRESETS, **nano_presets()}
+
+
+def get_preset(name: str) -> Preset:
+    presets = all_presets()
+    if name not in presets:
+        valid = ", ".join(presets)
+        hint = "" if name not in NANO_NAMES else f" ({name} is not built yet: its folder is missing from {data_dir()})"
+        raise UserError(f"unknown preset {name!r}{hint}; valid presets: {valid}")
+    return presets[name]

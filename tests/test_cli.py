@@ -1,0 +1,56 @@
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from decidiff_lab.cli import main
+
+
+def run_cli(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "decidiff_lab.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+
+
+def test_arch_json_prints_the_exact_sd15_counts(capsys):
+    assert main(["arch", "sd15", "deci-v2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["sd15"]["unet"] == 859_520_964
+    assert result["sd15"]["vae"] == 83_653_863
+    assert result["sd15"]["text_encoder"] == 123_060_480
+    assert result["sd15"]["total"] == 859_520_964 + 83_653_863 + 123_060_480
+    assert result["deci-v2"]["unet_gflops_per_step"] < result["sd15"]["unet_gflops_per_step"]
+
+
+def test_arch_table_labels_reconstructions(capsys):
+    assert main(["arch", "sd15", "deci-v1", "--resolution", "256"]) == 0
+    out = capsys.readouterr().out
+    assert "859,520,964" in out and "reconstruction" in out and "256px" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["arch", "sd14"], "unknown preset 'sd14'; valid presets: sd15, deci-v1, deci-v2"),
+    (["arch", "sd15", "--resolution", "500"], "--resolution must be a positive multiple of 8"),
+    (["arch", "sd15", "--resolution", "0"], "--resolution must be a positive multiple of 8"),
+    (["arch", "sd15", "--resolution", "big"], "invalid int value: 'big'"),
+    (["arch"], "the following arguments are required: presets"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ([], "the following arguments are required: command"),
+])
+def test_bad_input_is_one_line_with_status_2(args, message):
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("decidiff-lab: error: ") and message in result.stderr
+
+
+def test_doctor_answers_fast_offline():
+    start = time.perf_counter()
+    result = run_cli("doctor", "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["hub"].startswith("offline") and info["hub_check_seconds"] < 2
+    assert {"python", "torch", "diffusers", "transformers", "device"} <= set(info)
+    assert info["presets_local"]["sd15"] is False
+    assert time.perf_counter() - start < 30

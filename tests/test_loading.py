@@ -1,0 +1,81 @@
+import time
+
+import pytest
+import torch
+from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+from decidiff_lab import loading
+from decidiff_lab.errors import UserError
+from decidiff_lab.flexible_unet import FlexibleUNet2DConditionModel
+from decidiff_lab.presets import HUB_PRESETS, REVISIONS, Preset, get_preset
+
+
+def test_unknown_preset_lists_the_valid_ones():
+    with pytest.raises(UserError, match="unknown preset 'deci-v3'; valid presets: sd15, deci-v1, deci-v2"):
+        get_preset("deci-v3")
+
+
+def test_every_hub_preset_has_a_pinned_revision_recorded_in_one_place():
+    for preset in HUB_PRESETS.values():
+        assert preset.revision == REVISIONS[preset.repo_id]
+    assert get_preset("sd15").repo_id == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+
+def test_hub_check_is_instant_when_offline_by_env(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    assert loading.hub_reachable() is False
+    assert time.perf_counter() - start < 0.1
+
+
+def test_hub_check_never_outlasts_its_timeout(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(loading.socket, "create_connection", lambda *a, **k: time.sleep(5))
+    start = time.perf_counter()
+    assert loading.hub_reachable(timeout=0.3) is False
+    assert time.perf_counter() - start < 1
+
+
+def test_uncached_hub_preset_offline_says_how_to_fetch(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    start = time.perf_counter()
+    with pytest.raises(UserError, match="decidiff-lab fetch deci-v2"):
+        loading.load_pipeline("deci-v2", device="cpu", verbose=False)
+    assert time.perf_counter() - start < 10
+
+
+def _save_tiny_pipeline(folder, config, vae, text_encoder, tokenizer):
+    torch.manual_seed(0)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                   unet=FlexibleUNet2DConditionModel(config), scheduler=DPMSolverMultistepScheduler(),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(folder)
+    return pipe
+
+
+def test_loads_a_local_flexible_pipeline_folder(tmp_path, tiny_config, tiny_vae, tiny_text_encoder, clip_tokenizer,
+                                                capsys):
+    original = _save_tiny_pipeline(tmp_path, tiny_config, tiny_vae, tiny_text_encoder, clip_tokenizer)
+    preset = Preset("tiny", "test", local_dir=tmp_path, flexible_unet=True)
+    pipe = loading.load_pipeline(preset, device="cpu")
+    assert "Using tiny" in capsys.readouterr().out
+    assert isinstance(pipe, StableDiffusionPipeline) and isinstance(pipe.unet, FlexibleUNet2DConditionModel)
+    for name in ("unet", "vae", "text_encoder"):
+        a, b = getattr(original, name).state_dict(), getattr(pipe, name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    image = pipe("a red circle on the left", height=8, width=8, num_inference_steps=2, output_type="np").images
+    assert image.shape == (1, 8, 8, 3)
+
+
+def test_a_folder_that_is_not_a_pipeline_is_a_clear_error(tmp_path):
+    preset = Preset("empty", "test", local_dir=tmp_path, flexible_unet=True)
+    with pytest.raises(UserError, match="cannot load preset 'empty'"):
+        loading.load_pipeline(preset, device="cpu", verbose=False)
+
+
+def test_resolved_commit_reads_the_snapshot_folder():
+    class Fake:
+        name_or_path = "/cache/models--Deci--DeciDiffusion-v2-0/snapshots/0123456789abcdef/flexible_unet"
+        config = {}
+    assert loading.resolved_commit(Fake()) == "0123456789abcdef"

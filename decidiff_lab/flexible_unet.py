@@ -25,6 +25,9 @@ import itertools
 import torch
 from diffusers import UNet2DConditionModel
 from diffusers.configuration_utils import register_to_config
+# diffusers loads a pipeline component named ["decidiff_lab.flexible_unet", cls] only if this
+# module exposes the base class it checks against (see DiffusionPipeline's loader).
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401
 from diffusers.models.downsampling import Downsample2D
 from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.transformers.transformer_2d import Transformer2DModel

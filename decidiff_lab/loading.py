@@ -16,6 +16,7 @@ import torch
 
 from .errors import UserError
 from .flexible_unet import FlexibleUNet2DConditionModel
+from .schedulers import SqueezedDPMSolverMultistepScheduler  # noqa: F401  (lets diffusers load nano-deci's scheduler)
 from .presets import Preset, all_presets, get_preset
 
 HUB_HOST = "huggingface.co"
@@ -118,3 +119,26 @@ def load_pipeline(preset: str | Preset = "auto", device: str | None = None, dtyp
         where = f"{source}@{commit[:10]}" if commit else source
         print(f"Using {preset.name} ({where}) on {device}, {str(dtype).replace('torch.', '')}: {why}")
     return pipe
+
+
+def load_nano_clip(device: str = "cpu"):
+    """The nano CLIP (image-text similarity, a CLIP-score for the notebooks) from data/.
+
+    Its text tower is nano-sd's `text_encoder`; data/nano-clip holds the rest.
+    """
+    from safetensors.torch import load_file
+    from transformers import CLIPConfig, CLIPModel, CLIPTextModel
+
+    from .presets import data_dir
+
+    folder = data_dir() / "nano-clip"
+    weights = folder / "vision_and_projections.safetensors"
+    if not weights.is_file():
+        raise UserError(f"missing {weights}: rebuild the nano models with `decidiff-lab train-nano`")
+    clip = CLIPModel(CLIPConfig.from_pretrained(folder))
+    text = CLIPTextModel.from_pretrained(data_dir() / "nano-sd" / "text_encoder", use_safetensors=True)
+    missing, unexpected = clip.load_state_dict(load_file(weights), strict=False)
+    clip.text_model.load_state_dict(text.state_dict())
+    if unexpected or any(not k.startswith("text_model.") for k in missing):
+        raise UserError(f"{weights} does not match its config.json: rebuild with `decidiff-lab train-nano`")
+    return clip.float().eval().to(device)

@@ -31,7 +31,9 @@ class Preset:
     local_dir: Path | None = None  # nano presets, shipped in data/
     unet_subfolder: str = "unet"
     flexible_unet: bool = False  # U-Net-NAS (FlexibleUNet2DConditionModel) vs UNet2DConditionModel
-    default_steps: int = 50
+    default_steps: int = 50  # steps actually run (deci-v2/nano-deci: Deci's 16 squeezed to 10)
+    default_guidance: float = 7.5
+    guidance_rescale: float = 0.0  # 0.8 in Deci 2.0's reference pipeline (v-prediction)
     unet_config: dict = field(default_factory=dict, repr=False)  # for meta-device accounting
     vae_config: dict = field(default_factory=lambda: arch.SD15_VAE, repr=False)
     text_encoder_config: dict = field(default_factory=lambda: arch.SD15_TEXT_ENCODER, repr=False)
@@ -57,7 +59,8 @@ HUB_PRESETS = {
                default_steps=30, unet_config=arch.DECI_V1_RECONSTRUCTION, reconstruction=True),
         Preset("deci-v2", "DeciDiffusion 2.0: smaller U-Net-NAS, squeezed DPM-Solver++",
                repo_id="Deci/DeciDiffusion-v2-0", unet_subfolder="flexible_unet", flexible_unet=True,
-               default_steps=16, unet_config=arch.DECI_V2_RECONSTRUCTION, reconstruction=True),
+               default_steps=10, guidance_rescale=0.8, unet_config=arch.DECI_V2_RECONSTRUCTION,
+               reconstruction=True),
     )
 }
 
@@ -76,8 +79,9 @@ def nano_presets() -> dict[str, Preset]:
     for name in NANO_NAMES:
         folder = data_dir() / name
         if (folder / "model_index.json").is_file():
+            deci = name == "nano-deci"
             found[name] = Preset(name, f"nano model trained by this project ({folder})", local_dir=folder,
-                                 flexible_unet=name == "nano-deci", default_steps=10 if name == "nano-deci" else 16)
+                                 flexible_unet=deci, default_steps=10 if deci else 16, default_guidance=5.0)
     return found
 
 

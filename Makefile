@@ -8,7 +8,9 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 NOTEBOOKS := $(wildcard notebooks/*.ipynb notebooks/solutions/*.ipynb)
 
-.PHONY: lab test course setup clean
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: lab test course setup browser clean
 
 setup: $(STAMP)
 
@@ -23,7 +25,13 @@ $(STAMP): pyproject.toml
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
 
-test: $(STAMP)
+# Debian's Chromium for the JupyterLab browser test (Playwright drives it; no browser download).
+browser:
+	@command -v chromium >/dev/null || $(SUDO) apt-get install -y -q chromium >/dev/null \
+		|| ($(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium >/dev/null) \
+		|| echo "chromium not installed: the browser test will be skipped"
+
+test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -n 2 --dist loadscope --nbval tests notebooks
 
 # Execute every notebook headless on the offline default, writing outputs in place.

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
+from pathlib import Path
 
 from .errors import UserError
+from .presets import data_dir
 
 
 class _Parser(argparse.ArgumentParser):
@@ -36,6 +40,116 @@ def _doctor(args) -> None:
     print(json.dumps(info, indent=2) if args.json else format_report(info))
 
 
+def _check_out_path(path: Path) -> None:
+    if path.suffix.lower() != ".png":
+        raise UserError(f"--out must end in .png (got {path})")
+    if not path.parent.is_dir():
+        raise UserError(f"--out directory {path.parent} does not exist: create it first")
+    if not os.access(path.parent, os.W_OK):
+        raise UserError(f"--out directory {path.parent} is not writable")
+
+
+def _generate(args) -> None:
+    from PIL import Image
+
+    from .generate import check_generation_args, generate, image_grid
+    from .loading import load_pipeline, resolve_preset
+    from .schedulers import check_guidance
+
+    out = Path(args.out)
+    _check_out_path(out)  # fail before minutes of loading, not after
+    preset, why = resolve_preset(args.preset)
+    steps = preset.default_steps if args.steps is None else args.steps
+    guidance = preset.default_guidance if args.guidance is None else args.guidance
+    check_generation_args(steps, args.height or 8, args.width or 8, args.num_images)
+    check_guidance(guidance)
+    pipe = load_pipeline(preset, verbose=False)
+    print(f"preset {preset.name} ({why}); {steps} steps, guidance {guidance}, seed {args.seed}")
+    start = time.perf_counter()
+    images = generate(pipe, args.prompt, steps=steps, guidance_scale=guidance,
+                      guidance_rescale=preset.guidance_rescale, seed=args.seed, height=args.height,
+                      width=args.width, num_images=args.num_images)
+    seconds = time.perf_counter() - start
+    tmp = out.with_name(f".{out.name}.partial")
+    Image.fromarray(image_grid(images) if len(images) > 1 else images[0]).save(tmp, format="PNG")
+    tmp.replace(out)  # atomic: no half-written PNG if interrupted
+    print(f"wrote {out} ({len(images)} image{'s' * (len(images) > 1)}) in {seconds:.2f} s")
+
+
+def _train_nano(args) -> None:
+    from .training import Recipe, train_nano
+
+    recipe = Recipe.quick() if args.quick else Recipe()
+    if args.minutes is not None:
+        recipe.vae_minutes = recipe.clip_minutes = recipe.unet_minutes = args.minutes
+    recipe.seed = args.seed
+    recipe.joint_text_encoder = args.joint_text_encoder
+    start = time.perf_counter()
+    train_nano(Path(args.out), Path(args.workdir), recipe)
+    print(f"trained the nano models into {args.out} in {(time.perf_counter() - start) / 60:.1f} min")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise UserError(f"--steps takes comma-separated integers like 16,10 (got {text!r})") from None
+    if any(v < 1 for v in values):
+        raise UserError(f"--steps must be positive (got {text!r})")
+    return values
+
+
+def _bench(args) -> None:
+    import torch
+
+    from .bench import bench_pipeline, decompose_speedup, markdown_table, matmul_peak_gflops
+    from .loading import default_device, load_pipeline
+    from .presets import get_preset
+
+    if args.repeats < 1:
+        raise UserError(f"--repeats must be at least 1 (got {args.repeats})")
+    steps_list = _int_list(args.steps)
+    device = args.device or default_device()
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(args.dtype)
+    peak = matmul_peak_gflops(device, dtype or torch.float32)
+    records = []
+    for name in args.presets.split(","):
+        preset = get_preset(name.strip())
+        try:
+            pipe = load_pipeline(preset, device=device, dtype=dtype, verbose=False)
+        except UserError as err:
+            print(f"skip {preset.name}: {err}", file=sys.stderr)
+            continue
+        if args.compile:
+            pipe.unet = torch.compile(pipe.unet)
+        for steps in steps_list:
+            record = bench_pipeline(pipe, preset.name, steps, repeats=args.repeats, warmup=args.warmup,
+                                    guidance_scale=preset.default_guidance, usd_per_hour=args.usd_per_hour,
+                                    peak_gflops=peak)
+            records.append(record)
+            print(f"{preset.name:10s} {steps:3d} steps: {record['seconds_per_image']:.3f} s/image "
+                  f"(spread {record['spread_fraction']:.0%}), U-Net {record['unet_seconds_per_step'] * 1e3:.1f} ms/step, "
+                  f"{record['achieved_gflops']:.1f} GFLOP/s = {record['peak_fraction']:.0%} of matmul peak", flush=True)
+    if args.markdown and records:
+        print(markdown_table(records))
+    names = {r["preset"] for r in records}
+    if len(steps_list) >= 2 and {"nano-sd", "nano-deci"} <= names:
+        split = decompose_speedup(records, ("nano-sd", max(steps_list)), ("nano-deci", min(steps_list)))
+        print("speed-up nano-deci@{} vs nano-sd@{}: {measured_total:.2f}x = fewer steps {fewer_steps:.2f}x "
+              "x cheaper U-Net {cheaper_unet:.2f}x (product {product:.2f}x)".format(min(steps_list), max(steps_list), **split))
+    if args.json:
+        Path(args.json).write_text(json.dumps(records, indent=2))
+        print(f"wrote {args.json}")
+
+
+def _fetch(args) -> None:
+    from .fetch import fetch
+
+    for name in args.presets:
+        path, size = fetch(name, cache_dir=args.cache_dir)
+        print(f"{name}: {size / 2**30:.2f} GiB in {path} (commit {path.name}; pin it in presets.REVISIONS)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="decidiff-lab", description="DeciDiffusion vs Stable Diffusion 1.5, taken apart.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -45,6 +159,46 @@ def build_parser() -> argparse.ArgumentParser:
     arch.add_argument("--resolution", type=int, default=512, help="image side in pixels (default 512)")
     arch.add_argument("--json", action="store_true", help="print one JSON object keyed by preset")
     arch.set_defaults(run=_arch)
+
+    gen = sub.add_parser("generate", help="text to image with any preset; writes a PNG (a grid when K > 1)")
+    gen.add_argument("prompt")
+    gen.add_argument("--preset", default="auto", help="auto | nano-deci | nano-sd | deci-v1 | deci-v2 | sd15")
+    gen.add_argument("--steps", type=int, default=None, help="denoising steps (default: the preset's)")
+    gen.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--height", type=int, default=None)
+    gen.add_argument("--width", type=int, default=None)
+    gen.add_argument("--num-images", type=int, default=1)
+    gen.add_argument("--out", default="out.png")
+    gen.set_defaults(run=_generate)
+
+    bench = sub.add_parser("bench", help="latency per image and per component, FLOP/s, cost per 10k images")
+    bench.add_argument("--presets", default="nano-sd,nano-deci")
+    bench.add_argument("--steps", default="16,10", help="comma-separated step counts")
+    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--warmup", type=int, default=1)
+    bench.add_argument("--usd-per-hour", type=float, default=None, help="machine price, for cost per 10k images")
+    bench.add_argument("--device", default=None)
+    bench.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None, help="default: fp16 on CUDA")
+    bench.add_argument("--compile", action="store_true", help="torch.compile the U-Net (CUDA)")
+    bench.add_argument("--json", default=None, help="write one record per (preset, steps) here")
+    bench.add_argument("--markdown", action="store_true", help="also print a markdown table")
+    bench.set_defaults(run=_bench)
+
+    train = sub.add_parser("train-nano", help="train the nano VAE, CLIP and both U-Nets (resumable)")
+    train.add_argument("--out", default=str(data_dir()), help="where the pipeline folders go (default: data/)")
+    train.add_argument("--workdir", default="build/train-nano", help="checkpoints and CSV logs")
+    train.add_argument("--quick", action="store_true", help="a few minutes, for learners")
+    train.add_argument("--minutes", type=float, default=None, help="override each stage's minute budget")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--joint-text-encoder", action="store_true",
+                       help="fine-tune CLIP's text tower with nano-sd's U-Net, then freeze it for nano-deci")
+    train.set_defaults(run=_train_nano)
+
+    fetch = sub.add_parser("fetch", help="pre-download real presets' pinned weights (once per workshop)")
+    fetch.add_argument("presets", nargs="+", help="e.g. deci-v2 sd15")
+    fetch.add_argument("--cache-dir", default=None, help="default: the Hugging Face cache (HF_HOME)")
+    fetch.set_defaults(run=_fetch)
 
     doctor = sub.add_parser("doctor", help="versions, device, hub reachability, locally available presets")
     doctor.add_argument("--json", action="store_true")

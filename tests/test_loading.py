@@ -70,7 +70,7 @@ def test_loads_a_local_flexible_pipeline_folder(tmp_path, tiny_config, tiny_vae,
 
 def test_a_folder_that_is_not_a_pipeline_is_a_clear_error(tmp_path):
     preset = Preset("empty", "test", local_dir=tmp_path, flexible_unet=True)
-    with pytest.raises(UserError, match="cannot load preset 'empty'"):
+    with pytest.raises(UserError, match="is not a diffusers pipeline folder"):
         loading.load_pipeline(preset, device="cpu", verbose=False)
 
 

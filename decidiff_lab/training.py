@@ -1,0 +1,410 @@
+"""The nano training recipe: VAE -> CLIP -> precompute -> both U-Nets through four phases.
+
+Mirrors DeciDiffusion's recipe in miniature (FACTS.md): (1) from scratch at low resolution,
+(2) at full resolution, (3) EMA on, another LR schedule, the "qualitative" subset, (4) a short
+fine-tune on a small curated set; VAE latents and CLIP text states precomputed once; LAMB.
+Both U-Nets see the same data and the same number of samples. Every stage writes a
+checkpoint folder under `workdir`, so a rerun resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from pytorch_optimizer import Lamb
+from tqdm.auto import tqdm
+from transformers import CLIPConfig, CLIPModel, CLIPTextModel, CLIPTokenizer
+
+from . import nano
+from .flexible_unet import FlexibleUNet2DConditionModel
+from .shapes import make_dataset, to_tensor
+
+
+@dataclass
+class Recipe:
+    """Budgets and hyper-parameters; the defaults are what shipped in data/."""
+
+    seed: int = 0
+    train_images: int = 20_000
+    qualitative_images: int = 4_000
+    vae_minutes: float = 10.0
+    vae_batch: int = 32
+    vae_lr: float = 1e-3
+    clip_minutes: float = 4.0
+    clip_batch: int = 128
+    clip_lr: float = 1e-3
+    unet_samples: int = 150_000  # per U-Net, split over the phases below
+    unet_batch: int = 64
+    unet_lr: float = 3e-3  # LAMB's trust ratio scales it per layer
+    phase_fractions: tuple = (0.3, 0.5, 0.15, 0.05)
+    caption_dropout: float = 0.1  # empty prompt, so classifier-free guidance has an unconditional
+    # Option: fine-tune CLIP's text tower jointly with nano-sd's U-Net, then freeze it for nano-deci
+    # (which keeps SD's text encoder, as DeciDiffusion does). The shipped models keep it frozen.
+    joint_text_encoder: bool = False
+    ema_decay: float = 0.999
+    unet_minutes: float = 22.0  # cap per U-Net
+
+    @classmethod
+    def quick(cls) -> "Recipe":
+        """A few minutes end to end, for learners and notebook 06."""
+        return cls(train_images=3_000, qualitative_images=600, vae_minutes=1.5, clip_minutes=0.5,
+                   unet_samples=12_000, unet_minutes=3.0)
+
+
+def log_row(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def _cosine(step: int, total: int, warmup: int = 100) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+# ------------------------------------------------------------------ VAE
+
+
+def train_vae(images: np.ndarray, recipe: Recipe, log: Path, held_out: np.ndarray) -> AutoencoderKL:
+    torch.manual_seed(recipe.seed)
+    vae = AutoencoderKL(**nano.VAE)
+    opt = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr, weight_decay=0.0)
+    rng = np.random.default_rng(recipe.seed)
+    deadline = time.monotonic() + recipe.vae_minutes * 60
+    total = int(recipe.vae_minutes * 60 * 12)  # schedule length guess; the deadline decides
+    step = 0
+    with tqdm(desc="VAE", unit="step") as bar:
+        while time.monotonic() < deadline:
+            for g in opt.param_groups:
+                g["lr"] = recipe.vae_lr * max(0.05, _cosine(step, total))
+            x = to_tensor(images[rng.integers(0, len(images), recipe.vae_batch)])
+            posterior = vae.encode(x).latent_dist
+            recon = vae.decode(posterior.sample()).sample
+            # L1 keeps edges and hues crisp; a tiny KL keeps latents near Gaussian (SD uses ~1e-6).
+            loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + 1e-6 * posterior.kl().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            bar.update()
+            if step % 100 == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+    vae.eval()
+    psnr = vae_psnr(vae, held_out)
+    # Unit-variance latents, as SD's 0.18215 does for its VAE.
+    with torch.no_grad():
+        latents = vae.encode(to_tensor(images[:2000])).latent_dist.mean
+    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    log_row(log, {"stage": "vae", "steps": step, "minutes": recipe.vae_minutes, "psnr_db": round(psnr, 2),
+                  "scaling_factor": round(vae.config.scaling_factor, 5)})
+    return vae
+
+
+@torch.no_grad()
+def vae_psnr(vae: AutoencoderKL, images: np.ndarray) -> float:
+    x = to_tensor(images)
+    recon = torch.cat([vae.decode(vae.encode(b).latent_dist.mean).sample for b in x.split(256)])
+    mse = F.mse_loss(recon.clamp(-1, 1), x).item() / 4  # [-1, 1] -> [0, 1] range
+    return 10 * math.log10(1.0 / mse)
+
+
+# ----------------------------------------------------------------- CLIP
+
+
+def _hard_negative(caption: str, rng: np.random.Generator) -> str:
+    """The same objects, another place: captions that differ only in position or relation."""
+    from .shapes import POSITION_PHRASES, RELATIONS, make_caption, parse_caption
+
+    objects, position, relation = parse_caption(caption)
+    if position:
+        others = [p for p in POSITION_PHRASES if p != position]
+        return make_caption(objects, position=others[rng.integers(len(others))])
+    if rng.random() < 0.5:
+        return make_caption(objects[::-1], relation=relation)  # swapped roles
+    others = [r for r in RELATIONS if r != relation]
+    return make_caption(objects, relation=others[rng.integers(len(others))])
+
+
+def train_clip(data, tokenizer: CLIPTokenizer, recipe: Recipe, log: Path) -> CLIPModel:
+    torch.manual_seed(recipe.seed)
+    config = CLIPConfig(text_config=nano.CLIP_TEXT, vision_config=nano.CLIP_VISION,
+                        projection_dim=nano.CLIP_PROJECTION_DIM)
+    clip = CLIPModel(config)
+    opt = torch.optim.AdamW(clip.parameters(), lr=recipe.clip_lr, weight_decay=0.01)
+    rng = np.random.default_rng(recipe.seed + 1)
+    deadline = time.monotonic() + recipe.clip_minutes * 60
+    step, hits = 0, []
+    with tqdm(desc="CLIP", unit="step") as bar:
+        while time.monotonic() < deadline:
+            idx = rng.integers(0, len(data), recipe.clip_batch)
+            captions = [data.captions[i] for i in idx]
+            negatives = [_hard_negative(c, rng) for c in captions]
+            tokens = tokenizer(captions + negatives, padding="max_length", max_length=77, return_tensors="pt")
+            out = clip(input_ids=tokens.input_ids, pixel_values=to_tensor(data.images[idx]), return_loss=False)
+            img, txt = F.normalize(out.image_embeds, dim=-1), F.normalize(out.text_embeds, dim=-1)
+            logits = clip.logit_scale.exp() * img @ txt.T  # images x (captions + hard negatives)
+            target = torch.arange(len(idx))
+            loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, : len(idx)].T, target)) / 2
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            hits.append((logits.argmax(1) == target).float().mean().item())
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}", top1=f"{np.mean(hits[-20:]):.2f}")
+    clip.eval()
+    log_row(log, {"stage": "clip", "steps": step, "minutes": recipe.clip_minutes,
+                  "top1_vs_batch_and_hard_negatives": round(float(np.mean(hits[-20:])), 3)})
+    return clip
+
+
+def text_encoder_from_clip(clip: CLIPModel) -> CLIPTextModel:
+    """The pipelines' text encoder: CLIP's text tower, frozen, as SD keeps it."""
+    text = CLIPTextModel(clip.config.text_config)
+    text.load_state_dict(clip.text_model.state_dict())
+    return text.eval().requires_grad_(False)
+
+
+# ------------------------------------------------------------ precompute
+
+
+@torch.no_grad()
+def encode_text(text_encoder, tokenizer, captions: list[str]) -> torch.Tensor:
+    tokens = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+    return text_encoder(tokens.input_ids)[0]
+
+
+@torch.no_grad()
+def precompute(vae, text_encoder, tokenizer, data) -> dict:
+    """The seed's trick: encode every image and every distinct caption once, train on tensors."""
+    latents = torch.cat([vae.encode(b).latent_dist.mean for b in to_tensor(data.images).split(256)])
+    vocab = sorted(set(data.captions)) + [""]  # "" is the unconditional (dropped) caption
+    index = {c: i for i, c in enumerate(vocab)}
+    return {
+        "latents": latents * vae.config.scaling_factor,
+        "caption_ids": torch.tensor([index[c] for c in data.captions]),
+        "vocab": vocab,
+        "tokens": tokenizer(vocab, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids,
+        "text_states": encode_text(text_encoder, tokenizer, vocab),
+        "empty_id": index[""],
+    }
+
+
+# ----------------------------------------------------------------- U-Net
+
+
+def build_nano_unet(kind: str):
+    torch.manual_seed(0)
+    if kind == "nano-sd":
+        return UNet2DConditionModel(**nano.UNET_SD), DDPMScheduler(**nano.SD_SCHEDULE)
+    return FlexibleUNet2DConditionModel(nano.UNET_DECI), DDPMScheduler(**nano.DECI_SCHEDULE)
+
+
+def _target_and_weight(scheduler, latents, noise, t):
+    """Objective per schedule, with min-SNR-5 weighting (stable training at tiny batch)."""
+    ac = scheduler.alphas_cumprod[t]
+    snr = ac / (1 - ac)
+    if scheduler.config.prediction_type == "v_prediction":
+        return scheduler.get_velocity(latents, noise, t), snr.clamp(max=5) / (snr + 1)
+    return noise, snr.clamp(max=5) / snr
+
+
+def text_encoder_trainables(text_encoder) -> list[torch.nn.Parameter]:
+    """Everything but the 49,408-row token table: it stays shared with the nano CLIP (and small on disk)."""
+    params = [p for name, p in text_encoder.named_parameters() if "token_embedding" not in name]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def train_unet_phase(unet, noise_scheduler, tensors: dict, samples: int, recipe: Recipe, lr_schedule: str,
+                     desc: str, ema=None, deadline: float | None = None, text_encoder=None) -> dict:
+    """One phase: `samples` training samples drawn from `tensors` (precomputed latents + text).
+
+    With `text_encoder`, the text states are computed from `tensors["tokens"]` and the encoder
+    is fine-tuned jointly (its token table excepted); otherwise the precomputed states are used.
+    """
+    params = list(unet.parameters()) + (text_encoder_trainables(text_encoder) if text_encoder else [])
+    opt = Lamb(params, lr=recipe.unet_lr, weight_decay=0.01)
+    steps = max(1, samples // recipe.unet_batch)
+    gen = torch.Generator().manual_seed(recipe.seed + len(desc))
+    latents, caption_ids, text = tensors["latents"], tensors["caption_ids"], tensors["text_states"]
+    losses = []
+    unet.train()
+    for step in tqdm(range(steps), desc=desc, unit="step"):
+        scale = _cosine(step, steps) if lr_schedule == "cosine" else 0.3  # phase 3: low constant LR
+        for g in opt.param_groups:
+            g["lr"] = recipe.unet_lr * scale
+        idx = torch.randint(0, len(latents), (recipe.unet_batch,), generator=gen)
+        ids = caption_ids[idx].clone()
+        ids[torch.rand(len(ids), generator=gen) < recipe.caption_dropout] = tensors["empty_id"]
+        x0 = latents[idx]
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
+        target, weight = _target_and_weight(noise_scheduler, x0, noise, t)
+        states = text_encoder(tensors["tokens"][ids])[0] if text_encoder is not None else text[ids]
+        pred = unet(noise_scheduler.add_noise(x0, noise, t), t, states).sample
+        loss = (weight * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if ema is not None:
+            ema.step(unet.parameters())
+        losses.append(loss.item())
+        if deadline and time.monotonic() > deadline:
+            break
+    unet.eval()
+    if text_encoder is not None:
+        text_encoder.eval()
+    return {"phase": desc, "steps": step + 1, "samples": (step + 1) * recipe.unet_batch,
+            "loss_first": round(float(np.mean(losses[:20])), 4), "loss_last": round(float(np.mean(losses[-50:])), 4)}
+
+
+
+
+# ------------------------------------------------------------ the recipe
+
+
+def nano_scheduler(kind: str):
+    """nano-sd: DPM-Solver++ on SD 1.5's schedule; nano-deci: Deci 2.0's squeezed DPM-Solver++."""
+    from .schedulers import make_scheduler
+
+    return make_scheduler("dpm++" if kind == "nano-sd" else "squeezed-dpm++")
+
+
+def save_pipeline(folder: Path, kind: str, unet, vae, text_encoder, tokenizer) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=nano_scheduler(kind), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.to(torch.float16).save_pretrained(folder, safe_serialization=True)  # fp16 on disk: half the MB
+    pipe.to(torch.float32)
+
+
+SHARED = ("vae", "text_encoder", "tokenizer")
+
+
+def share_components(out_dir: Path) -> None:
+    """nano-deci keeps nano-sd's VAE and text encoder, as DeciDiffusion keeps SD's: link, don't copy."""
+    import shutil
+
+    for name in SHARED:
+        target = out_dir / "nano-deci" / name
+        shutil.rmtree(target)
+        target.symlink_to(Path("..") / "nano-sd" / name, target_is_directory=True)
+
+
+def save_clip_vision(clip: CLIPModel, folder: Path) -> None:
+    """The nano CLIP minus its token table (nano-sd's text_encoder holds the same one): saves 12 MB."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    clip.config.save_pretrained(folder)
+    weights = {k: v.half().contiguous() for k, v in clip.state_dict().items() if "token_embedding" not in k}
+    save_file(weights, folder / "model_without_token_embedding.safetensors")
+
+
+def evaluate_pipeline(pipe, kind: str, prompts_per_kind: int = 24, seed: int = 0) -> dict:
+    from .checker import evaluate
+    from .generate import generate
+    from .shapes import prompt_set
+
+    steps = 10 if kind == "nano-deci" else 16
+    prompts = prompt_set("single", "test", prompts_per_kind, seed) + prompt_set("pair", "test", prompts_per_kind, seed)
+    pipe.set_progress_bar_config(disable=True)
+    images = generate(pipe, prompts, steps=steps, guidance_scale=5.0, seed=seed)
+    return evaluate(list(images), prompts)
+
+
+def train_nano(out_dir: Path, workdir: Path, recipe: Recipe | None = None, only: tuple = ("nano-sd", "nano-deci")):
+    """Train every nano model; resumable (each finished stage is a folder under `workdir`)."""
+    from diffusers import StableDiffusionPipeline
+
+    from .presets import data_dir
+
+    recipe = recipe or Recipe()
+    out_dir, workdir = Path(out_dir), Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / "training_log.csv"
+    torch.manual_seed(recipe.seed)
+    tokenizer = CLIPTokenizer.from_pretrained(data_dir() / "clip-tokenizer")
+    data = make_dataset(recipe.train_images, recipe.seed, nano.IMAGE_SIZE)
+    low = make_dataset(recipe.train_images, recipe.seed, nano.LOW_RES)  # same scenes, 32x32
+    held_out = make_dataset(500, recipe.seed + 2, nano.IMAGE_SIZE, split="test")
+
+    if (workdir / "vae" / "config.json").exists():
+        vae = AutoencoderKL.from_pretrained(workdir / "vae").eval()
+    else:
+        vae = train_vae(data.images, recipe, log, held_out.images)
+        vae.save_pretrained(workdir / "vae")
+    if (workdir / "clip" / "config.json").exists():
+        clip = CLIPModel.from_pretrained(workdir / "clip").eval()
+    else:
+        clip = train_clip(data, tokenizer, recipe, log)
+        clip.save_pretrained(workdir / "clip")
+    text_encoder = text_encoder_from_clip(clip)
+    vae.requires_grad_(False)
+
+    phases = [
+        ("1 low-res from scratch", precompute(vae, text_encoder, tokenizer, low), "cosine"),
+        ("2 full-res", precompute(vae, text_encoder, tokenizer, data), "cosine"),
+        ("3 EMA + qualitative", precompute(vae, text_encoder, tokenizer, make_dataset(
+            recipe.qualitative_images, recipe.seed + 1, nano.IMAGE_SIZE, subset="qualitative")), "constant"),
+        ("4 curated fine-tune", precompute(vae, text_encoder, tokenizer, make_dataset(
+            240, recipe.seed, nano.IMAGE_SIZE, subset="curated")), "constant"),
+    ]
+    for kind in only:
+        from diffusers.training_utils import EMAModel
+
+        unet, noise_scheduler = build_nano_unet(kind)
+        deadline = time.monotonic() + recipe.unet_minutes * 60
+        start, ema = time.monotonic(), None
+        joint = text_encoder if recipe.joint_text_encoder and kind == only[0] else None
+        for (name, tensors, schedule), fraction in zip(phases, recipe.phase_fractions):
+            if name.startswith("3"):
+                ema = EMAModel(unet.parameters(), decay=recipe.ema_decay)  # EMA only in the last phases
+            row = train_unet_phase(unet, noise_scheduler, tensors, int(recipe.unet_samples * fraction), recipe,
+                                   schedule, f"{kind} phase {name}", ema=ema, deadline=deadline,
+                                   text_encoder=joint)
+            if ema is not None:
+                ema.store(unet.parameters())
+                ema.copy_to(unet.parameters())
+            pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                           scheduler=nano_scheduler(kind), safety_checker=None,
+                                           feature_extractor=None, requires_safety_checker=False)
+            scores = evaluate_pipeline(pipe, kind)
+            log_row(workdir / f"{kind}_phases.csv", {
+                **row, "minutes": round((time.monotonic() - start) / 60, 2),
+                "single_acc": scores["single"]["accuracy"], "single_color": scores["single"]["color"],
+                "single_shape": scores["single"]["shape"], "single_position": scores["single"]["position"],
+                "pair_acc": scores["pair"]["accuracy"], "pair_relation": scores["pair"]["relation"]})
+            print(f"{kind} phase {name}: loss {row['loss_last']}, single {scores['single']['accuracy']:.2f}, "
+                  f"pair {scores['pair']['accuracy']:.2f}", flush=True)
+            if ema is not None and not name.startswith("4"):
+                ema.restore(unet.parameters())  # keep training the raw weights; EMA is what ships
+        save_pipeline(out_dir / kind, kind, unet, vae, text_encoder, tokenizer)
+        if joint is not None:  # freeze it; the next U-Net trains on its (now fixed) states
+            text_encoder.requires_grad_(False)
+            for _, tensors, _ in phases:
+                tensors["text_states"] = encode_text(text_encoder, tokenizer, tensors["vocab"])
+    if set(only) == {"nano-sd", "nano-deci"}:
+        share_components(out_dir)
+    save_clip_vision(clip, out_dir / "nano-clip")
+    logs = out_dir / "nano-logs"
+    logs.mkdir(exist_ok=True)
+    for csv_file in workdir.glob("*.csv"):  # the curves notebook 06 plots
+        (logs / csv_file.name).write_text(csv_file.read_text())

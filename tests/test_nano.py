@@ -1,0 +1,107 @@
+"""The shipped nano models: they load offline with stock classes, generate, and train."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DiffusionPipeline, StableDiffusionPipeline
+from PIL import Image
+
+from decidiff_lab import nano
+from decidiff_lab.flexible_unet import FlexibleUNet2DConditionModel
+from decidiff_lab.generate import generate
+from decidiff_lab.loading import load_nano_clip, load_pipeline, resolve_preset
+from decidiff_lab.presets import data_dir
+from decidiff_lab.schedulers import SqueezedDPMSolverMultistepScheduler
+from decidiff_lab.shapes import make_dataset, to_tensor
+from decidiff_lab.training import Recipe, build_nano_unet, train_unet_phase
+
+DATA = data_dir()
+
+
+@pytest.fixture(scope="module")
+def nano_deci():
+    return load_pipeline("nano-deci", device="cpu", verbose=False)
+
+
+def test_data_folder_fits_the_budget():
+    total = sum(f.stat().st_size for f in DATA.rglob("*") if f.is_file() and not f.is_symlink())
+    assert total <= 60 * 2**20, f"data/ holds {total / 2**20:.1f} MB"
+
+
+def test_stock_diffusers_classes_open_the_folders_offline():
+    sd = StableDiffusionPipeline.from_pretrained(DATA / "nano-sd", use_safetensors=True)
+    deci = DiffusionPipeline.from_pretrained(DATA / "nano-deci", use_safetensors=True)  # decidiff_lab imported
+    assert isinstance(deci.unet, FlexibleUNet2DConditionModel)
+    assert isinstance(deci.scheduler, SqueezedDPMSolverMultistepScheduler)
+    # DeciDiffusion keeps SD's VAE and text encoder: the very same weights.
+    for name in ("vae", "text_encoder"):
+        a, b = getattr(sd, name).state_dict(), getattr(deci, name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nano_models_produce_the_right_shapes(nano_deci):
+    images = to_tensor(make_dataset(2, seed=5).images)
+    with torch.no_grad():
+        latents = nano_deci.vae.encode(images).latent_dist.mean
+        assert latents.shape == (2, 4, 8, 8)  # SD's factor 8
+        assert nano_deci.vae.decode(latents).sample.shape == (2, 3, 64, 64)
+        tokens = nano_deci.tokenizer(["a red circle on the left"], padding="max_length", max_length=77,
+                                     return_tensors="pt").input_ids
+        text = nano_deci.text_encoder(tokens)[0]
+        assert text.shape == (1, 77, nano.TEXT_DIM)
+        out = nano_deci.unet(latents[:1], torch.tensor([500]), text).sample
+    assert out.shape == (1, 4, 8, 8)
+
+
+def test_auto_falls_back_to_nano_deci_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    preset, why = resolve_preset("auto", device="cpu")
+    assert preset.name == "nano-deci" and "no GPU" in why
+
+
+def test_generation_is_seeded_and_runs_the_squeezed_steps(nano_deci):
+    calls = []
+    hook = nano_deci.unet.register_forward_hook(lambda *a: calls.append(1))
+    first = generate(nano_deci, "a red circle on the left", steps=10, guidance_scale=5.0, seed=3)
+    hook.remove()
+    assert len(calls) == 10 and first.shape == (1, 64, 64, 3) and first.dtype == np.uint8
+    assert np.array_equal(first, generate(nano_deci, "a red circle on the left", steps=10, guidance_scale=5.0, seed=3))
+
+
+def test_nano_clip_matches_images_to_their_captions():
+    clip = load_nano_clip()
+    data = make_dataset(16, seed=11, pair_fraction=0.0)
+    tokens = load_pipeline("nano-sd", device="cpu", verbose=False).tokenizer(
+        data.captions, padding="max_length", max_length=77, return_tensors="pt")
+    with torch.no_grad():
+        logits = clip(input_ids=tokens.input_ids, pixel_values=to_tensor(data.images)).logits_per_image
+    assert (logits.argmax(1) == torch.arange(16)).float().mean() > 0.3  # chance: 1/16
+
+
+@pytest.mark.parametrize("preset", ["nano-sd", "nano-deci"])
+def test_cli_generate_writes_a_png(tmp_path, preset):
+    out = tmp_path / f"{preset}.png"
+    result = subprocess.run([sys.executable, "-m", "decidiff_lab.cli", "generate", "a blue square at the top",
+                             "--preset", preset, "--num-images", "2", "--out", str(out)],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+    assert f"preset {preset}" in result.stdout and "wrote" in result.stdout
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.size == (128, 64)  # a 2-image grid
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_a_short_training_run_lowers_the_loss():
+    unet, noise_scheduler = build_nano_unet("nano-deci")
+    torch.manual_seed(0)
+    latents = torch.randn(8, 4, 8, 8)  # a tiny fixed set: memorising it must lower the loss
+    tensors = {"latents": latents, "caption_ids": torch.arange(8) % 2,
+               "text_states": torch.randn(3, 77, nano.TEXT_DIM), "empty_id": 2}
+    recipe = Recipe(unet_batch=8, unet_lr=3e-3)
+    row = train_unet_phase(unet, noise_scheduler, tensors, samples=8 * 60, recipe=recipe, lr_schedule="cosine",
+                           desc="smoke")
+    assert row["steps"] == 60 and row["loss_last"] < row["loss_first"]

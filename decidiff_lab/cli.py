@@ -209,11 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _check(args) -> None:
     if getattr(args, "resolution", 8) <= 0 or getattr(args, "resolution", 8) % 8:
         raise UserError(f"--resolution must be a positive multiple of 8 (got {args.resolution})")
-    if getattr(args, "presets", None):
+    names = getattr(args, "presets", None)
+    if names:
         from .presets import get_preset
 
-        for name in args.presets:
-            get_preset(name)
+        for name in names.split(",") if isinstance(names, str) else names:
+            get_preset(name.strip())
 
 
 def main(argv: list[str] | None = None) -> int:

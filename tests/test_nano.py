@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -105,3 +106,15 @@ def test_a_short_training_run_lowers_the_loss():
     row = train_unet_phase(unet, noise_scheduler, tensors, samples=8 * 60, recipe=recipe, lr_schedule="cosine",
                            desc="smoke")
     assert row["steps"] == 60 and row["loss_last"] < row["loss_first"]
+
+
+def test_auto_on_a_gpu_without_network_falls_back_within_2_seconds(monkeypatch, capsys):
+    from decidiff_lab import loading
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(loading.socket, "create_connection", lambda *a, **k: time.sleep(30))
+    start = time.perf_counter()
+    preset, why = resolve_preset("auto", device="cuda")  # a GPU, but the hub never answers
+    elapsed = time.perf_counter() - start
+    assert preset.name == "nano-deci" and "hub is unreachable" in why
+    assert elapsed <= 2.0

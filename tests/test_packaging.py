@@ -58,8 +58,11 @@ def test_makefile_pins_the_local_cpu_torch_before_the_package():
     assert "--name decidiff-lab" in makefile
 
 
-def test_no_remote_code_or_pickle_loading_in_the_package():
-    forbidden = ("custom_pipeline=", "trust_remote_code=True", "torch.load(", "use_safetensors=False")
-    for path in (ROOT / "decidiff_lab").rglob("*.py"):
+def test_no_remote_code_or_pickle_loading_in_the_package_or_notebooks():
+    forbidden = ("custom_pipeline=", "trust_remote_code=True", "torch.load(", "use_safetensors=False", "pickle.load")
+    paths = [*(ROOT / "decidiff_lab").rglob("*.py"), *(ROOT / "notebooks").rglob("*.ipynb"),
+             *(ROOT / "scripts").rglob("*.py")]
+    assert len(paths) > 10
+    for path in paths:
         text = path.read_text()
         assert not [f for f in forbidden if f in text], path

@@ -61,7 +61,8 @@ def _generate(args) -> None:
     preset, why = resolve_preset(args.preset)
     steps = preset.default_steps if args.steps is None else args.steps
     guidance = preset.default_guidance if args.guidance is None else args.guidance
-    check_generation_args(steps, args.height or 8, args.width or 8, args.num_images)
+    check_generation_args(steps, 8 if args.height is None else args.height, 8 if args.width is None else args.width,
+                          args.num_images)
     check_guidance(guidance)
     pipe = load_pipeline(preset, verbose=False)
     print(f"preset {preset.name} ({why}); {steps} steps, guidance {guidance}, seed {args.seed}")

@@ -73,7 +73,9 @@ def generate(pipe, prompts: str | list[str], steps: int | None = None, guidance_
              guidance_rescale: float = 0.0, seed: int = 0, height: int | None = None, width: int | None = None,
              num_images: int = 1) -> np.ndarray:
     """Images (N x H x W x 3, uint8) for `prompts`, `num_images` each, deterministic per seed."""
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    prompts = [prompts] if isinstance(prompts, str) else prompts
+    if not isinstance(prompts, (list, tuple)):
+        raise UserError(f"a prompt must be text or a list of texts (got {type(prompts).__name__})")
     prompts = [check_prompt(p, pipe.tokenizer) for p in prompts]
     side = pipe.unet.config.sample_size * pipe.vae_scale_factor
     height, width = height or side, width or side

@@ -45,7 +45,7 @@ def hub_reachable(timeout: float = 1.5) -> bool:
         try:
             socket.create_connection((HUB_HOST, 443), timeout=timeout).close()
             result.append(True)
-        except OSError:
+        except Exception:  # any failure to connect means "not reachable"
             pass
 
     thread = threading.Thread(target=probe, daemon=True)
@@ -119,15 +119,19 @@ def verify_weights(folder: Path, subfolders=("unet", "vae", "text_encoder")) -> 
                             "(rebuild with `decidiff-lab train-nano`, or fetch the preset again)")
         for file in files:
             try:
-                with safe_open(file, framework="pt") as f:
-                    f.keys()  # parses the header
                 expected = _safetensors_size(file)
-            except Exception as err:  # the Rust reader raises its own error types
-                raise UserError(f"corrupt weights file {file}: {str(err).splitlines()[0]} "
+            except Exception as err:
+                raise UserError(f"corrupt weights file {file}: unreadable header ({type(err).__name__}) "
                                 "(rebuild or re-fetch it)") from None
             if file.stat().st_size < expected:
                 raise UserError(f"truncated weights file {file}: {file.stat().st_size:,} of {expected:,} bytes "
                                 "(rebuild or re-fetch it)")
+            try:
+                with safe_open(file, framework="pt") as f:
+                    f.keys()
+            except Exception as err:  # the Rust reader raises its own error types
+                raise UserError(f"corrupt weights file {file}: {str(err).splitlines()[0]} "
+                                "(rebuild or re-fetch it)") from None
 
 
 def _safetensors_size(file: Path) -> int:

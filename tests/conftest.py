@@ -1,5 +1,7 @@
 """Tiny random components shared by the tests: real classes, toy sizes."""
 
+import os
+
 import pytest
 import torch
 from diffusers import AutoencoderKL
@@ -10,6 +12,11 @@ from decidiff_lab.presets import data_dir
 from decidiff_lab.architectures import flexible_config
 
 TEXT_DIM = 16
+
+# Under pytest-xdist two workers share the two cores: one torch thread each, or they oversubscribe
+# the CPU and run several times slower.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 
 def tiny_flexible_config(**overrides):

@@ -143,6 +143,33 @@ def _bench(args) -> None:
         print(f"wrote {args.json}")
 
 
+def _evaluate(args) -> None:
+    from .checker import evaluate, format_report
+    from .generate import generate
+    from .loading import load_pipeline
+    from .presets import get_preset
+    from .shapes import prompt_set
+
+    if args.prompts < 1:
+        raise UserError(f"--prompts must be at least 1 (got {args.prompts})")
+    if args.steps is not None and args.steps < 1:
+        raise UserError(f"--steps must be a positive integer (got {args.steps})")
+    prompts = prompt_set("single", args.split, args.prompts, args.seed) + prompt_set("pair", args.split, args.prompts,
+                                                                                    args.seed)
+    for name in args.presets.split(","):
+        preset = get_preset(name.strip())
+        steps = preset.default_steps if args.steps is None else args.steps
+        pipe = load_pipeline(preset, verbose=False)
+        pipe.set_progress_bar_config(disable=True)
+        start = time.perf_counter()
+        images = [image for batch in range(0, len(prompts), 32)  # generate() takes at most 64 per call
+                  for image in generate(pipe, prompts[batch:batch + 32], steps=steps, seed=args.seed + batch,
+                                        guidance_scale=preset.default_guidance,
+                                        guidance_rescale=preset.guidance_rescale)]
+        print(f"{preset.name}: {steps} steps, guidance {preset.default_guidance}, {len(prompts)} {args.split} prompts "
+              f"({time.perf_counter() - start:.0f} s)\n{format_report(evaluate(images, prompts))}", flush=True)
+
+
 def _fetch(args) -> None:
     from .fetch import fetch
 
@@ -195,6 +222,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--joint-text-encoder", action="store_true",
                        help="fine-tune CLIP's text tower with nano-sd's U-Net, then freeze it for nano-deci")
     train.set_defaults(run=_train_nano)
+
+    ev = sub.add_parser("evaluate", help="caption-checker accuracy (colour, shape, place) on held-out prompts")
+    ev.add_argument("--presets", default="nano-sd,nano-deci")
+    ev.add_argument("--prompts", type=int, default=48, help="prompts per kind (single object, pair)")
+    ev.add_argument("--split", choices=["test", "train"], default="test",
+                    help="test: combinations never seen in training")
+    ev.add_argument("--steps", type=int, default=None, help="default: the preset's (nano-sd 16, nano-deci 10)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.set_defaults(run=_evaluate)
 
     fetch = sub.add_parser("fetch", help="pre-download real presets' pinned weights (once per workshop)")
     fetch.add_argument("presets", nargs="+", help="e.g. deci-v2 sd15")

@@ -54,3 +54,13 @@ def test_doctor_answers_fast_offline():
     assert {"python", "torch", "diffusers", "transformers", "device"} <= set(info)
     assert info["presets_local"]["sd15"] is False
     assert time.perf_counter() - start < 30
+
+
+def test_evaluate_reports_every_attribute_on_held_out_prompts(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["evaluate", "--presets", "nano-deci", "--prompts", "2", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "nano-deci: 2 steps, guidance" in out and "4 test prompts" in out
+    lines = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
+    assert lines["single"][1] == "2" and lines["pair"][1] == "2" and lines["overall"][1] == "4"
+    assert all(cell.endswith("%") for cell in lines["single"][2:])

@@ -1,0 +1,112 @@
+"""The latency harness on a tiny random pipeline: fields, arithmetic, errors (timings are not asserted)."""
+
+import pytest
+import torch
+from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+from decidiff_lab import bench
+from decidiff_lab.flexible_unet import FlexibleUNet2DConditionModel
+from decidiff_lab.schedulers import make_scheduler
+
+FIELDS = ("preset", "steps", "seconds_per_image", "unet_seconds_per_step", "unet_seconds_per_step_no_cfg",
+          "scheduler_seconds_per_step", "text_encoder_seconds", "vae_decode_seconds", "peak_memory_bytes",
+          "gflops_per_unet_step", "achieved_gflops", "matmul_peak_gflops", "peak_fraction", "images_per_second",
+          "spread_fraction", "harness_overhead_fraction")
+
+
+def _tiny_pipe(config, vae, text_encoder, tokenizer, scheduler):
+    torch.manual_seed(0)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=None,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.register_modules(unet=FlexibleUNet2DConditionModel(config).eval())
+    return pipe
+
+
+@pytest.fixture
+def tiny_pipe(tiny_config, tiny_vae, tiny_text_encoder, clip_tokenizer):
+    return _tiny_pipe(tiny_config, tiny_vae, tiny_text_encoder, clip_tokenizer, DPMSolverMultistepScheduler())
+
+
+def test_time_call_runs_warmup_then_repeats():
+    calls = []
+    result = bench.time_call(lambda: calls.append(1), repeats=4, warmup=2)
+    assert len(calls) == 6 and len(result["samples"]) == 4
+    assert result["min"] <= result["median"] <= result["max"]
+
+
+def test_matmul_peak_is_a_positive_rate():
+    assert bench.matmul_peak_gflops(n=64, repeats=2) > 0
+
+
+def test_bench_record_has_every_field_and_consistent_arithmetic(tiny_pipe):
+    tiny_pipe.set_progress_bar_config(leave=False)
+    record = bench.bench_pipeline(tiny_pipe, "tiny", steps=2, repeats=2, warmup=1, usd_per_hour=3.6,
+                                  peak_gflops=100.0)
+    assert all(k in record for k in FIELDS)
+    assert record["preset"] == "tiny" and record["steps"] == 2 and record["repeats"] == 2
+    assert record["seconds_min"] <= record["seconds_per_image"] <= record["seconds_max"]
+    assert record["images_per_second"] == pytest.approx(1 / record["seconds_per_image"])
+    assert record["usd_per_10k_images"] == pytest.approx(record["seconds_per_image"] * 10)  # 10k images at $1/1000 s
+    assert record["matmul_peak_gflops"] == 100.0
+    assert record["peak_fraction"] == pytest.approx(record["achieved_gflops"] / 100.0)
+    assert record["gflops_per_unet_step"] > 0 and record["peak_memory_bytes"] > 0
+    assert tiny_pipe._progress_bar_config == {"leave": False}  # restored after the benchmark
+
+
+def test_component_times_with_the_squeezed_scheduler(tiny_config, tiny_vae, tiny_text_encoder, clip_tokenizer):
+    pipe = _tiny_pipe(tiny_config, tiny_vae, tiny_text_encoder, clip_tokenizer, make_scheduler("squeezed-dpm++"))
+    parts = bench.component_times(pipe, steps=10, repeats=1, warmup=0)
+    assert set(parts) == {"text_encoder_seconds", "unet_seconds_per_step", "unet_seconds_per_step_no_cfg",
+                          "scheduler_seconds_per_step", "vae_decode_seconds"}
+    assert all(v > 0 for v in parts.values())
+    assert len(pipe.scheduler.timesteps) == 10  # the squeezed 16 -> 10 list
+
+
+@pytest.mark.parametrize("steps", [0, -1, 2.5, True])
+def test_bad_steps_are_a_clear_error(tiny_pipe, steps):
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        bench.bench_pipeline(tiny_pipe, "tiny", steps=steps, repeats=1)
+
+
+def test_bad_repeats_are_a_clear_error(tiny_pipe):
+    with pytest.raises(ValueError, match="repeats"):
+        bench.bench_pipeline(tiny_pipe, "tiny", steps=2, repeats=0)
+
+
+def _records(times):
+    return [{"preset": p, "steps": s, "seconds_per_image": t} for (p, s), t in times.items()]
+
+
+def test_decompose_speedup_splits_steps_and_architecture():
+    # time = 0.1 s fixed + steps x per-step cost (sd: 0.05 s, deci: 0.02 s)
+    times = {(p, s): 0.1 + s * c for p, c in (("sd", 0.05), ("deci", 0.02)) for s in (16, 10)}
+    split = bench.decompose_speedup(_records(times), ("sd", 16), ("deci", 10))
+    assert split["fewer_steps"] == pytest.approx(0.9 / 0.6)
+    assert split["cheaper_unet"] == pytest.approx(0.9 / 0.42)
+    assert split["measured_total"] == pytest.approx(0.9 / 0.3)
+    assert split["product"] == pytest.approx(split["fewer_steps"] * split["cheaper_unet"])
+    assert split["interaction"] == pytest.approx(split["measured_total"] / split["product"])
+    assert split["interaction"] < 1  # fixed costs: the factors overstate the total
+
+
+def test_without_fixed_costs_the_factors_multiply_exactly():
+    times = {(p, s): s * c for p, c in (("sd", 0.05), ("deci", 0.02)) for s in (16, 10)}
+    split = bench.decompose_speedup(_records(times), ("sd", 16), ("deci", 10))
+    assert split["product"] == pytest.approx(split["measured_total"])
+    assert split["interaction"] == pytest.approx(1.0)
+
+
+def test_decompose_speedup_names_the_missing_runs():
+    times = {("sd", 16): 1.0, ("deci", 10): 0.5}
+    with pytest.raises(ValueError, match=r"\('sd', 10\), \('deci', 16\)"):
+        bench.decompose_speedup(_records(times), ("sd", 16), ("deci", 10))
+
+
+def test_markdown_table_has_a_row_per_record():
+    record = {"preset": "nano-deci", "steps": 10, "seconds_per_image": 0.1234, "images_per_second": 8.1,
+              "unet_seconds_per_step": 0.01, "text_encoder_seconds": 0.002, "vae_decode_seconds": 0.003,
+              "gflops_per_unet_step": 0.5, "achieved_gflops": 50.0, "peak_fraction": 0.25}
+    lines = bench.markdown_table([record, {**record, "steps": 16}]).splitlines()
+    assert len(lines) == 4 and lines[0].startswith("| preset | steps |")
+    assert "| nano-deci | 10 | 0.123 |" in lines[2] and "25.0%" in lines[2]

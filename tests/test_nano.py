@@ -118,3 +118,13 @@ def test_auto_on_a_gpu_without_network_falls_back_within_2_seconds(monkeypatch, 
     elapsed = time.perf_counter() - start
     assert preset.name == "nano-deci" and "hub is unreachable" in why
     assert elapsed <= 2.0
+
+
+def test_training_log_keeps_every_stage_column(tmp_path):
+    from decidiff_lab.training import log_row
+
+    log = tmp_path / "log.csv"
+    log_row(log, {"stage": "vae", "steps": 3, "psnr_db": 30.1})
+    log_row(log, {"stage": "clip", "steps": 5, "placement_accuracy": 0.9})
+    lines = log.read_text().splitlines()
+    assert lines == ["stage,steps,psnr_db,placement_accuracy", "vae,3,30.1,", "clip,5,,0.9"]

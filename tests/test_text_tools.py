@@ -74,6 +74,26 @@ def test_similarity_matrix(clip_tokenizer):
     assert resized.shape == (3, 3)  # larger images are resized to the CLIP's input size
 
 
+def test_placement_variants_change_only_the_place():
+    single = text_tools.placement_variants("a red circle on the left")
+    assert single[0] == "a red circle on the left" and len(set(single)) == 5
+    assert all(v.startswith("a red circle ") for v in single)
+    pair = text_tools.placement_variants("a blue square above an orange triangle")
+    assert pair == ["a blue square above an orange triangle", "a blue square to the left of an orange triangle",
+                    "a blue square to the right of an orange triangle", "a blue square below an orange triangle"]
+    with pytest.raises(ValueError):
+        text_tools.placement_variants("a cat")
+
+
+def test_shipped_nano_clip_tells_positions_apart(clip_tokenizer):
+    """The frozen text encoder must encode placement, or no U-Net trained on it can learn it."""
+    from decidiff_lab.loading import load_nano_clip
+
+    data = make_dataset(60, seed=7, split="test")
+    accuracy = text_tools.placement_accuracy(load_nano_clip(), clip_tokenizer, data.images, data.captions)
+    assert accuracy >= 0.6, f"nano CLIP placement accuracy {accuracy:.2f} (chance ~0.22)"
+
+
 def _unet_inputs(tiny_config, batch):
     torch.manual_seed(0)
     unet = FlexibleUNet2DConditionModel(tiny_config).eval()

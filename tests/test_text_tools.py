@@ -89,9 +89,9 @@ def test_shipped_nano_clip_tells_positions_apart(clip_tokenizer):
     """The frozen text encoder must encode placement, or no U-Net trained on it can learn it."""
     from decidiff_lab.loading import load_nano_clip
 
-    data = make_dataset(60, seed=7, split="test")
+    data = make_dataset(60, seed=7, split="test", pair_fraction=0.0)  # single objects: five positions, chance 20%
     accuracy = text_tools.placement_accuracy(load_nano_clip(), clip_tokenizer, data.images, data.captions)
-    assert accuracy >= 0.6, f"nano CLIP placement accuracy {accuracy:.2f} (chance ~0.22)"
+    assert accuracy >= 0.75, f"nano CLIP single-object placement accuracy {accuracy:.2f} (chance 0.20)"
 
 
 def _unet_inputs(tiny_config, batch):

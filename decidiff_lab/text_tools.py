@@ -2,8 +2,9 @@
 
 `token_table` shows the BPE pieces behind a prompt; `encode_text` gives the per-token states the
 U-Net attends to and the pooled vector CLIP matches against images; `similarity_matrix` scores
-images against captions with a CLIP model, `placement_accuracy` whether it can tell where things are; `CrossAttentionRecorder` captures, during generation,
-how much each image position of every cross-attention (`attn2`) layer attends to each token.
+images against captions with a CLIP model, and `placement_accuracy` whether it can tell where things
+are; `CrossAttentionRecorder` captures, during generation, how much each image position of every
+cross-attention (`attn2`) layer attends to each token.
 """
 
 from __future__ import annotations

@@ -128,3 +128,13 @@ def test_training_log_keeps_every_stage_column(tmp_path):
     log_row(log, {"stage": "clip", "steps": 5, "placement_accuracy": 0.9})
     lines = log.read_text().splitlines()
     assert lines == ["stage,steps,psnr_db,placement_accuracy", "vae,3,30.1,", "clip,5,,0.9"]
+
+
+def test_clip_stage_logs_whether_it_tells_positions_apart(tmp_path, clip_tokenizer):
+    from decidiff_lab.training import train_clip
+
+    recipe = Recipe(clip_minutes=0.005, clip_batch=4)
+    train_clip(make_dataset(8, seed=0), clip_tokenizer, recipe, tmp_path / "log.csv")
+    header, row = (tmp_path / "log.csv").read_text().splitlines()
+    assert header == "stage,steps,minutes,top1_vs_batch_and_hard_negatives,single_position_accuracy"
+    assert row.startswith("clip,") and 0.0 <= float(row.split(",")[-1]) <= 1.0

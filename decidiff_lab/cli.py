@@ -85,9 +85,10 @@ def _train_nano(args) -> None:
         recipe.vae_minutes = recipe.clip_minutes = recipe.unet_minutes = args.minutes
     recipe.seed = args.seed
     recipe.joint_text_encoder = args.joint_text_encoder
+    out = args.out or ("build/nano-quick" if args.quick else str(data_dir()))  # --quick never overwrites data/
     start = time.perf_counter()
-    train_nano(Path(args.out), Path(args.workdir), recipe)
-    print(f"trained the nano models into {args.out} in {(time.perf_counter() - start) / 60:.1f} min")
+    train_nano(Path(out), Path(args.workdir), recipe)
+    print(f"trained the nano models into {out} in {(time.perf_counter() - start) / 60:.1f} min")
 
 
 def _int_list(text: str) -> list[int]:
@@ -214,9 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(run=_bench)
 
     train = sub.add_parser("train-nano", help="train the nano VAE, CLIP and both U-Nets (resumable)")
-    train.add_argument("--out", default=str(data_dir()), help="where the pipeline folders go (default: data/)")
+    train.add_argument("--out", default=None,
+                       help="where the pipeline folders go (default: data/; build/nano-quick with --quick)")
     train.add_argument("--workdir", default="build/train-nano", help="checkpoints and CSV logs")
-    train.add_argument("--quick", action="store_true", help="a few minutes, for learners")
+    train.add_argument("--quick", action="store_true",
+                       help="a few minutes, for learners: U-Nets only, on the shipped VAE and CLIP")
     train.add_argument("--minutes", type=float, default=None, help="override each stage's minute budget")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--joint-text-encoder", action="store_true",

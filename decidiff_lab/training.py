@@ -51,12 +51,15 @@ class Recipe:
     joint_text_encoder: bool = False
     ema_decay: float = 0.999
     unet_minutes: float = 22.0  # cap per U-Net
+    # Take the shipped VAE and CLIP from data/ instead of training them: a few minutes of either
+    # are too weak to learn from (measured: 19 dB, position-blind), so --quick trains U-Nets only.
+    reuse_shipped_encoders: bool = False
 
     @classmethod
     def quick(cls) -> "Recipe":
         """A few minutes end to end, for learners and notebook 06."""
         return cls(train_images=3_000, qualitative_images=600, vae_minutes=1.5, clip_minutes=0.5,
-                   unet_samples=12_000, unet_minutes=3.0)
+                   unet_samples=12_000, unet_minutes=3.0, reuse_shipped_encoders=True)
 
 
 def log_row(path: Path, row: dict) -> None:
@@ -340,6 +343,18 @@ def evaluate_pipeline(pipe, kind: str, prompts_per_kind: int = 24, seed: int = 0
     return evaluate(list(images), prompts)
 
 
+def shipped_encoders() -> tuple[AutoencoderKL, CLIPModel]:
+    """The VAE and CLIP in data/ (fp32), for a run that trains only the U-Nets."""
+    from .errors import UserError
+    from .loading import load_nano_clip
+    from .presets import data_dir
+
+    vae_dir = data_dir() / "nano-sd" / "vae"
+    if not (vae_dir / "config.json").is_file():
+        raise UserError(f"no shipped VAE in {vae_dir}: train everything with `decidiff-lab train-nano` instead")
+    return AutoencoderKL.from_pretrained(vae_dir, torch_dtype=torch.float32).eval(), load_nano_clip().float().eval()
+
+
 def train_nano(out_dir: Path, workdir: Path, recipe: Recipe | None = None, only: tuple = ("nano-sd", "nano-deci")):
     """Train every nano model; resumable (each finished stage is a folder under `workdir`)."""
     from diffusers import StableDiffusionPipeline
@@ -356,16 +371,19 @@ def train_nano(out_dir: Path, workdir: Path, recipe: Recipe | None = None, only:
     low = make_dataset(recipe.train_images, recipe.seed, nano.LOW_RES)  # same scenes, 32x32
     held_out = make_dataset(500, recipe.seed + 2, nano.IMAGE_SIZE, split="test")
 
-    if (workdir / "vae" / "config.json").exists():
-        vae = AutoencoderKL.from_pretrained(workdir / "vae").eval()
+    if recipe.reuse_shipped_encoders:
+        vae, clip = shipped_encoders()
     else:
-        vae = train_vae(data.images, recipe, log, held_out.images)
-        vae.save_pretrained(workdir / "vae")
-    if (workdir / "clip" / "config.json").exists():
-        clip = CLIPModel.from_pretrained(workdir / "clip").eval()
-    else:
-        clip = train_clip(data, tokenizer, recipe, log)
-        clip.save_pretrained(workdir / "clip")
+        if (workdir / "vae" / "config.json").exists():
+            vae = AutoencoderKL.from_pretrained(workdir / "vae").eval()
+        else:
+            vae = train_vae(data.images, recipe, log, held_out.images)
+            vae.save_pretrained(workdir / "vae")
+        if (workdir / "clip" / "config.json").exists():
+            clip = CLIPModel.from_pretrained(workdir / "clip").eval()
+        else:
+            clip = train_clip(data, tokenizer, recipe, log)
+            clip.save_pretrained(workdir / "clip")
     text_encoder = text_encoder_from_clip(clip)
     vae.requires_grad_(False)
 

@@ -138,3 +138,16 @@ def test_clip_stage_logs_whether_it_tells_positions_apart(tmp_path, clip_tokeniz
     header, row = (tmp_path / "log.csv").read_text().splitlines()
     assert header == "stage,steps,minutes,top1_vs_batch_and_hard_negatives,single_position_accuracy"
     assert row.startswith("clip,") and 0.0 <= float(row.split(",")[-1]) <= 1.0
+
+
+def test_quick_recipe_trains_unets_on_the_shipped_encoders(monkeypatch, tmp_path):
+    from decidiff_lab import presets
+    from decidiff_lab.errors import UserError
+    from decidiff_lab.training import shipped_encoders
+
+    assert Recipe.quick().reuse_shipped_encoders and not Recipe().reuse_shipped_encoders
+    vae, clip = shipped_encoders()
+    assert vae.dtype == clip.dtype == torch.float32 and vae.config.latent_channels == 4
+    monkeypatch.setattr(presets, "data_dir", lambda: tmp_path)
+    with pytest.raises(UserError, match="no shipped VAE"):
+        shipped_encoders()

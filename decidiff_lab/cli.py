@@ -145,30 +145,24 @@ def _bench(args) -> None:
 
 
 def _evaluate(args) -> None:
-    from .checker import evaluate, format_report
-    from .generate import generate
+    from .checker import format_report
     from .loading import load_pipeline
     from .presets import get_preset
-    from .shapes import prompt_set
+    from .training import evaluate_pipeline
 
     if args.prompts < 1:
         raise UserError(f"--prompts must be at least 1 (got {args.prompts})")
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be a positive integer (got {args.steps})")
-    prompts = prompt_set("single", args.split, args.prompts, args.seed) + prompt_set("pair", args.split, args.prompts,
-                                                                                    args.seed)
     for name in args.presets.split(","):
         preset = get_preset(name.strip())
         steps = preset.default_steps if args.steps is None else args.steps
         pipe = load_pipeline(preset, verbose=False)
-        pipe.set_progress_bar_config(disable=True)
         start = time.perf_counter()
-        images = [image for batch in range(0, len(prompts), 32)  # generate() takes at most 64 per call
-                  for image in generate(pipe, prompts[batch:batch + 32], steps=steps, seed=args.seed + batch,
-                                        guidance_scale=preset.default_guidance,
-                                        guidance_rescale=preset.guidance_rescale)]
-        print(f"{preset.name}: {steps} steps, guidance {preset.default_guidance}, {len(prompts)} {args.split} prompts "
-              f"({time.perf_counter() - start:.0f} s)\n{format_report(evaluate(images, prompts))}", flush=True)
+        report = evaluate_pipeline(pipe, preset.name, args.prompts, args.seed, steps=steps, split=args.split,
+                                   guidance_scale=preset.default_guidance, guidance_rescale=preset.guidance_rescale)
+        print(f"{preset.name}: {steps} steps, guidance {preset.default_guidance}, {2 * args.prompts} {args.split} "
+              f"prompts ({time.perf_counter() - start:.0f} s)\n{format_report(report)}", flush=True)
 
 
 def _fetch(args) -> None:

@@ -331,16 +331,24 @@ def save_clip_vision(clip: CLIPModel, folder: Path) -> None:
     save_file(weights, folder / "model_without_token_embedding.safetensors")
 
 
-def evaluate_pipeline(pipe, kind: str, prompts_per_kind: int = 24, seed: int = 0) -> dict:
+def evaluate_pipeline(pipe, kind: str, prompts_per_kind: int = 24, seed: int = 0, steps: int | None = None,
+                      guidance_scale: float = 5.0, guidance_rescale: float = 0.0, split: str = "test") -> dict:
+    """The checker's report on `prompts_per_kind` single-object and two-object captions of `split`.
+
+    Steps default to the kind's (nano-deci 10, others 16). Beyond `MAX_IMAGES` prompts, images are
+    generated in chunks of that size, chunk k seeded `seed + k * MAX_IMAGES`.
+    """
     from .checker import evaluate
-    from .generate import generate
+    from .generate import MAX_IMAGES, generate
     from .shapes import prompt_set
 
-    steps = 10 if kind == "nano-deci" else 16
-    prompts = prompt_set("single", "test", prompts_per_kind, seed) + prompt_set("pair", "test", prompts_per_kind, seed)
+    steps = (10 if kind == "nano-deci" else 16) if steps is None else steps
+    prompts = prompt_set("single", split, prompts_per_kind, seed) + prompt_set("pair", split, prompts_per_kind, seed)
     pipe.set_progress_bar_config(disable=True)
-    images = generate(pipe, prompts, steps=steps, guidance_scale=5.0, seed=seed)
-    return evaluate(list(images), prompts)
+    images = [image for start in range(0, len(prompts), MAX_IMAGES)
+              for image in generate(pipe, prompts[start:start + MAX_IMAGES], steps=steps, seed=seed + start,
+                                    guidance_scale=guidance_scale, guidance_rescale=guidance_rescale)]
+    return evaluate(images, prompts)
 
 
 def shipped_encoders() -> tuple[AutoencoderKL, CLIPModel]:

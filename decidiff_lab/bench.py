@@ -161,7 +161,6 @@ def markdown_table(records: list[dict]) -> str:
             ("unet_seconds_per_step", "{:.4f}"), ("text_encoder_seconds", "{:.4f}"),
             ("vae_decode_seconds", "{:.4f}"), ("gflops_per_unet_step", "{:.2f}"), ("achieved_gflops", "{:.1f}"),
             ("peak_fraction", "{:.1%}")]
-    lines = ["| " + " | ".join(c for c, _ in cols) + " |", "|" + "---|" * len(cols)]
-    for r in records:
-        lines.append("| " + " | ".join(fmt.format(r[c]) for c, fmt in cols) + " |")
-    return "\n".join(lines)
+    from .report import markdown  # report builds on this module: import at call time
+
+    return markdown(records, [(c, c, fmt) for c, fmt in cols])

@@ -101,6 +101,13 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _float_list(text: str, flag: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise UserError(f"{flag} takes comma-separated numbers like 2.5,5 (got {text!r})") from None
+
+
 def _bench(args) -> None:
     import torch
 
@@ -148,21 +155,26 @@ def _evaluate(args) -> None:
     from .checker import format_report
     from .loading import load_pipeline
     from .presets import get_preset
+    from .schedulers import check_guidance
     from .training import evaluate_pipeline
 
     if args.prompts < 1:
         raise UserError(f"--prompts must be at least 1 (got {args.prompts})")
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be a positive integer (got {args.steps})")
+    sweep = None if args.guidance is None else _float_list(args.guidance, "--guidance")
+    for value in sweep or []:
+        check_guidance(value)
     for name in args.presets.split(","):
         preset = get_preset(name.strip())
         steps = preset.default_steps if args.steps is None else args.steps
         pipe = load_pipeline(preset, verbose=False)
-        start = time.perf_counter()
-        report = evaluate_pipeline(pipe, preset.name, args.prompts, args.seed, steps=steps, split=args.split,
-                                   guidance_scale=preset.default_guidance, guidance_rescale=preset.guidance_rescale)
-        print(f"{preset.name}: {steps} steps, guidance {preset.default_guidance}, {2 * args.prompts} {args.split} "
-              f"prompts ({time.perf_counter() - start:.0f} s)\n{format_report(report)}", flush=True)
+        for guidance in sweep or [preset.default_guidance]:
+            start = time.perf_counter()
+            report = evaluate_pipeline(pipe, preset.name, args.prompts, args.seed, steps=steps, split=args.split,
+                                       guidance_scale=guidance, guidance_rescale=preset.guidance_rescale)
+            print(f"{preset.name}: {steps} steps, guidance {guidance}, {2 * args.prompts} {args.split} "
+                  f"prompts ({time.perf_counter() - start:.0f} s)\n{format_report(report)}", flush=True)
 
 
 def _fetch(args) -> None:
@@ -226,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", choices=["test", "train"], default="test",
                     help="test: combinations never seen in training")
     ev.add_argument("--steps", type=int, default=None, help="default: the preset's (nano-sd 16, nano-deci 10)")
+    ev.add_argument("--guidance", default=None,
+                    help="guidance scale, or comma-separated scales to sweep (default: the preset's)")
     ev.add_argument("--seed", type=int, default=0)
     ev.set_defaults(run=_evaluate)
 

@@ -26,6 +26,7 @@ from . import nano
 from .checker import evaluate
 from .shapes import make_dataset
 from .training import Recipe, _target_and_weight, build_nano_unet, evaluate_pipeline, nano_scheduler, precompute
+from .vae_tools import decode
 
 # (name, image side, data subset, LR schedule, EMA on): the recipe's four phases, as in train_nano.
 PHASES = (
@@ -194,8 +195,7 @@ def denoised_images(unet, noise_scheduler, parts: FrozenParts, tensors: dict, ti
         pred = unet(noisy, t, tensors["text_states"][tensors["caption_ids"][:limit]]).sample
         unet.train(was_training)
     clean = predicted_clean(noise_scheduler, noisy, pred, t)
-    images = parts.vae.decode(clean / parts.vae.config.scaling_factor).sample
-    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return decode(parts.vae, clean, batch=len(clean))
 
 
 def denoise_scores(unet, noise_scheduler, parts: FrozenParts, tensors: dict, timestep: int = 500,

@@ -61,3 +61,8 @@ UNET_DECI = deci_config(down_attentions=(0, 1, 0), up_attentions=(0, 1, 0))
 SD_SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                    prediction_type="epsilon")
 DECI_SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
+
+# Classifier-free guidance for the nano pipelines, far below SD's 7.5: swept with
+# `decidiff-lab evaluate --guidance` (data/README.md), their accuracy falls above ~4 (over-saturated,
+# misshapen objects) and at 1 (no guidance).
+GUIDANCE = 2.5

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import architectures as arch
+from . import nano
 from .errors import UserError
 
 # Pinned revisions, recorded in one place. "main" until an instructor with hub access pins
@@ -81,7 +82,8 @@ def nano_presets() -> dict[str, Preset]:
         if (folder / "model_index.json").is_file():
             deci = name == "nano-deci"
             found[name] = Preset(name, f"nano model trained by this project ({folder})", local_dir=folder,
-                                 flexible_unet=deci, default_steps=10 if deci else 16, default_guidance=5.0)
+                                 flexible_unet=deci, default_steps=10 if deci else 16,
+                                 default_guidance=nano.GUIDANCE)
     return found
 
 

@@ -10,9 +10,10 @@ import copy
 
 from tqdm.auto import tqdm
 
+from . import nano
 from .checker import evaluate
 from .errors import UserError
-from .generate import generate
+from .generate import MAX_IMAGES, generate
 from .schedulers import make_scheduler
 from .shapes import prompt_set
 
@@ -35,7 +36,7 @@ def sampler_for(pipe, name: str, steps: int):
 
 
 def quality_vs_steps(pipe, steps_list=(4, 6, 8, 10, 12, 16, 25), samplers=SAMPLERS, prompts_per_kind: int = 12,
-                     guidance_scale: float = 5.0, seed: int = 0, prompts: list[str] | None = None,
+                     guidance_scale: float = nano.GUIDANCE, seed: int = 0, prompts: list[str] | None = None,
                      progress: bool = True) -> list[dict]:
     """One row per (sampler, steps): sampler, steps and the checker's scores (see `summarize`).
 
@@ -57,12 +58,24 @@ def quality_vs_steps(pipe, steps_list=(4, 6, 8, 10, 12, 16, 25), samplers=SAMPLE
         for name in samplers:
             for steps in tqdm(steps_list, desc=name, disable=not progress):
                 pipe.scheduler = sampler_for(original, name, steps)
-                images = generate(pipe, prompts, steps=steps, guidance_scale=guidance_scale, seed=seed)
-                rows.append({"sampler": name, "steps": steps, **summarize(evaluate(list(images), prompts))})
+                report = checker_report(pipe, prompts, steps, guidance_scale, seed=seed)
+                rows.append({"sampler": name, "steps": steps, **summarize(report)})
     finally:
         pipe.scheduler = original
         pipe._progress_bar_config = bar_config
     return rows
+
+
+def checker_report(pipe, prompts: list[str], steps: int, guidance_scale: float, guidance_rescale: float = 0.0,
+                   seed: int = 0) -> dict:
+    """One image per prompt, scored by the caption checker (`checker.evaluate`'s report).
+
+    Generated `MAX_IMAGES` prompts at a time, chunk k seeded `seed + k * MAX_IMAGES`.
+    """
+    images = [image for start in range(0, len(prompts), MAX_IMAGES)
+              for image in generate(pipe, prompts[start:start + MAX_IMAGES], steps=steps, seed=seed + start,
+                                    guidance_scale=guidance_scale, guidance_rescale=guidance_rescale)]
+    return evaluate(images, prompts)
 
 
 def summarize(report: dict) -> dict:

@@ -35,22 +35,24 @@ class Recipe:
     seed: int = 0
     train_images: int = 20_000
     qualitative_images: int = 4_000
-    vae_minutes: float = 12.0
+    pair_fraction: float = 0.5  # share of two-object scenes in the U-Nets' data
+    vae_minutes: float = 16.0
     vae_batch: int = 32
     vae_lr: float = 1e-3
     clip_minutes: float = 12.0  # measured: the CLIP only starts telling positions apart after ~5 min
     clip_batch: int = 128
     clip_lr: float = 1e-3
-    unet_samples: int = 150_000  # per U-Net, split over the phases below
+    unet_samples: int = 200_000  # per U-Net, split over the phases below
     unet_batch: int = 64
     unet_lr: float = 3e-3  # LAMB's trust ratio scales it per layer
     phase_fractions: tuple = (0.3, 0.5, 0.15, 0.05)
+    late_lr_scale: float = 0.3  # phases 3-4: a low constant LR, a fraction of unet_lr
     caption_dropout: float = 0.1  # empty prompt, so classifier-free guidance has an unconditional
     # Option: fine-tune CLIP's text tower jointly with nano-sd's U-Net, then freeze it for nano-deci
     # (which keeps SD's text encoder, as DeciDiffusion does). The shipped models keep it frozen.
     joint_text_encoder: bool = False
     ema_decay: float = 0.999
-    unet_minutes: float = 22.0  # cap per U-Net
+    unet_minutes: float = 40.0  # cap per U-Net
     # Take the shipped VAE and CLIP from data/ instead of training them: a few minutes of either
     # are too weak to learn from (measured: 19 dB, position-blind), so --quick trains U-Nets only.
     reuse_shipped_encoders: bool = False
@@ -81,6 +83,14 @@ def _cosine(step: int, total: int, warmup: int = 100) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
+def _cosine_in_time(step: int, fraction_done: float, warmup: int = 100) -> float:
+    """Cosine decay over a time budget: the LR reaches its floor when the deadline does,
+    however many steps this machine manages."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, fraction_done)))
+
+
 # ------------------------------------------------------------------ VAE
 
 
@@ -89,13 +99,12 @@ def train_vae(images: np.ndarray, recipe: Recipe, log: Path, held_out: np.ndarra
     vae = AutoencoderKL(**nano.VAE)
     opt = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr, weight_decay=0.0)
     rng = np.random.default_rng(recipe.seed)
-    deadline = time.monotonic() + recipe.vae_minutes * 60
-    total = int(recipe.vae_minutes * 60 * 12)  # schedule length guess; the deadline decides
+    start, budget = time.monotonic(), recipe.vae_minutes * 60
     step = 0
     with tqdm(desc="VAE", unit="step") as bar:
-        while time.monotonic() < deadline:
+        while (elapsed := time.monotonic() - start) < budget:
             for g in opt.param_groups:
-                g["lr"] = recipe.vae_lr * max(0.05, _cosine(step, total))
+                g["lr"] = recipe.vae_lr * max(0.02, _cosine_in_time(step, elapsed / budget))
             x = to_tensor(images[rng.integers(0, len(images), recipe.vae_batch)])
             posterior = vae.encode(x).latent_dist
             recon = vae.decode(posterior.sample()).sample
@@ -257,7 +266,7 @@ def train_unet_phase(unet, noise_scheduler, tensors: dict, samples: int, recipe:
     losses = []
     unet.train()
     for step in tqdm(range(steps), desc=desc, unit="step"):
-        scale = _cosine(step, steps) if lr_schedule == "cosine" else 0.3  # phase 3: low constant LR
+        scale = _cosine(step, steps) if lr_schedule == "cosine" else recipe.late_lr_scale
         for g in opt.param_groups:
             g["lr"] = recipe.unet_lr * scale
         idx = torch.randint(0, len(latents), (recipe.unet_batch,), generator=gen)
@@ -332,23 +341,16 @@ def save_clip_vision(clip: CLIPModel, folder: Path) -> None:
 
 
 def evaluate_pipeline(pipe, kind: str, prompts_per_kind: int = 24, seed: int = 0, steps: int | None = None,
-                      guidance_scale: float = 5.0, guidance_rescale: float = 0.0, split: str = "test") -> dict:
-    """The checker's report on `prompts_per_kind` single-object and two-object captions of `split`.
-
-    Steps default to the kind's (nano-deci 10, others 16). Beyond `MAX_IMAGES` prompts, images are
-    generated in chunks of that size, chunk k seeded `seed + k * MAX_IMAGES`.
-    """
-    from .checker import evaluate
-    from .generate import MAX_IMAGES, generate
+                      guidance_scale: float = nano.GUIDANCE, guidance_rescale: float = 0.0, split: str = "test") -> dict:
+    """The checker's report on `prompts_per_kind` single-object and two-object captions of `split`
+    (`quality.checker_report`). Steps default to the kind's: nano-deci 10, others 16."""
+    from .quality import checker_report
     from .shapes import prompt_set
 
     steps = (10 if kind == "nano-deci" else 16) if steps is None else steps
-    prompts = prompt_set("single", split, prompts_per_kind, seed) + prompt_set("pair", split, prompts_per_kind, seed)
     pipe.set_progress_bar_config(disable=True)
-    images = [image for start in range(0, len(prompts), MAX_IMAGES)
-              for image in generate(pipe, prompts[start:start + MAX_IMAGES], steps=steps, seed=seed + start,
-                                    guidance_scale=guidance_scale, guidance_rescale=guidance_rescale)]
-    return evaluate(images, prompts)
+    prompts = prompt_set("mixed", split, 2 * prompts_per_kind, seed)  # half single, half pairs
+    return checker_report(pipe, prompts, steps, guidance_scale, guidance_rescale, seed)
 
 
 def shipped_encoders() -> tuple[AutoencoderKL, CLIPModel]:
@@ -375,23 +377,25 @@ def train_nano(out_dir: Path, workdir: Path, recipe: Recipe | None = None, only:
     log = workdir / "training_log.csv"
     torch.manual_seed(recipe.seed)
     tokenizer = CLIPTokenizer.from_pretrained(data_dir() / "clip-tokenizer")
-    data = make_dataset(recipe.train_images, recipe.seed, nano.IMAGE_SIZE)
-    low = make_dataset(recipe.train_images, recipe.seed, nano.LOW_RES)  # same scenes, 32x32
-    held_out = make_dataset(500, recipe.seed + 2, nano.IMAGE_SIZE, split="test")
 
     if recipe.reuse_shipped_encoders:
         vae, clip = shipped_encoders()
     else:
+        encoder_data = make_dataset(recipe.train_images, recipe.seed, nano.IMAGE_SIZE)  # half pairs
         if (workdir / "vae" / "config.json").exists():
             vae = AutoencoderKL.from_pretrained(workdir / "vae").eval()
         else:
-            vae = train_vae(data.images, recipe, log, held_out.images)
+            held_out = make_dataset(500, recipe.seed + 2, nano.IMAGE_SIZE, split="test")
+            vae = train_vae(encoder_data.images, recipe, log, held_out.images)
             vae.save_pretrained(workdir / "vae")
         if (workdir / "clip" / "config.json").exists():
             clip = CLIPModel.from_pretrained(workdir / "clip").eval()
         else:
-            clip = train_clip(data, tokenizer, recipe, log)
+            clip = train_clip(encoder_data, tokenizer, recipe, log)
             clip.save_pretrained(workdir / "clip")
+    # The U-Nets' data: the same seed, pair scenes as frequent as the recipe says.
+    data = make_dataset(recipe.train_images, recipe.seed, nano.IMAGE_SIZE, pair_fraction=recipe.pair_fraction)
+    low = make_dataset(recipe.train_images, recipe.seed, nano.LOW_RES, pair_fraction=recipe.pair_fraction)
     text_encoder = text_encoder_from_clip(clip)
     vae.requires_grad_(False)
 
@@ -399,7 +403,8 @@ def train_nano(out_dir: Path, workdir: Path, recipe: Recipe | None = None, only:
         ("1 low-res from scratch", precompute(vae, text_encoder, tokenizer, low), "cosine"),
         ("2 full-res", precompute(vae, text_encoder, tokenizer, data), "cosine"),
         ("3 EMA + qualitative", precompute(vae, text_encoder, tokenizer, make_dataset(
-            recipe.qualitative_images, recipe.seed + 1, nano.IMAGE_SIZE, subset="qualitative")), "constant"),
+            recipe.qualitative_images, recipe.seed + 1, nano.IMAGE_SIZE, subset="qualitative",
+            pair_fraction=recipe.pair_fraction)), "constant"),
         ("4 curated fine-tune", precompute(vae, text_encoder, tokenizer, make_dataset(
             240, recipe.seed, nano.IMAGE_SIZE, subset="curated")), "constant"),
     ]

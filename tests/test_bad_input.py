@@ -43,6 +43,8 @@ CLI_CASES = [
     (["evaluate", "--prompts", "0"], "--prompts must be at least 1 (got 0)"),
     (["evaluate", "--steps", "0"], "--steps must be a positive integer (got 0)"),
     (["evaluate", "--presets", "nano-xl"], "unknown preset 'nano-xl'"),
+    (["evaluate", "--guidance", "high"], "--guidance takes comma-separated numbers like 2.5,5"),
+    (["evaluate", "--guidance", "2,-1"], "guidance_scale must be a finite number >= 0"),
     (["arch", "sd15", "--resolution", "500"], "--resolution must be a positive multiple of 8 (got 500)"),
     (["arch", "turbo"], "unknown preset 'turbo'"),
     (["fetch", "deci-v2"], "hub is unreachable"),

@@ -64,3 +64,10 @@ def test_evaluate_reports_every_attribute_on_held_out_prompts(capsys, monkeypatc
     lines = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
     assert lines["single"][1] == "2" and lines["pair"][1] == "2" and lines["overall"][1] == "4"
     assert all(cell.endswith("%") for cell in lines["single"][2:])
+
+
+def test_evaluate_sweeps_guidance_scales(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["evaluate", "--presets", "nano-deci", "--prompts", "1", "--steps", "2", "--guidance", "1,4.5"]) == 0
+    headers = [line for line in capsys.readouterr().out.splitlines() if line.startswith("nano-deci:")]
+    assert [h.split(",")[1].strip() for h in headers] == ["guidance 1.0", "guidance 4.5"]

@@ -151,3 +151,12 @@ def test_quick_recipe_trains_unets_on_the_shipped_encoders(monkeypatch, tmp_path
     monkeypatch.setattr(presets, "data_dir", lambda: tmp_path)
     with pytest.raises(UserError, match="no shipped VAE"):
         shipped_encoders()
+
+
+def test_vae_learning_rate_decays_with_the_time_budget_not_a_step_guess():
+    from decidiff_lab.training import _cosine_in_time
+
+    assert _cosine_in_time(0, 0.0) == pytest.approx(0.01)  # warm-up
+    assert _cosine_in_time(500, 0.5) == pytest.approx(0.5)
+    assert _cosine_in_time(500, 1.0) == pytest.approx(0.0, abs=1e-12)  # at the deadline, whatever the step
+

@@ -91,21 +91,20 @@ def _train_nano(args) -> None:
     print(f"trained the nano models into {out} in {(time.perf_counter() - start) / 60:.1f} min")
 
 
-def _int_list(text: str) -> list[int]:
+def _number_list(text: str, flag: str, cast=int) -> list:
+    """"16,10" -> [16, 10]; a one-line error naming `flag` otherwise."""
     try:
-        values = [int(v) for v in text.split(",")]
+        return [cast(v) for v in text.split(",")]
     except ValueError:
-        raise UserError(f"--steps takes comma-separated integers like 16,10 (got {text!r})") from None
+        kind, example = ("integers", "16,10") if cast is int else ("numbers", "2.5,5")
+        raise UserError(f"{flag} takes comma-separated {kind} like {example} (got {text!r})") from None
+
+
+def _int_list(text: str) -> list[int]:
+    values = _number_list(text, "--steps")
     if any(v < 1 for v in values):
         raise UserError(f"--steps must be positive (got {text!r})")
     return values
-
-
-def _float_list(text: str, flag: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",")]
-    except ValueError:
-        raise UserError(f"{flag} takes comma-separated numbers like 2.5,5 (got {text!r})") from None
 
 
 def _bench(args) -> None:
@@ -162,7 +161,7 @@ def _evaluate(args) -> None:
         raise UserError(f"--prompts must be at least 1 (got {args.prompts})")
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be a positive integer (got {args.steps})")
-    sweep = None if args.guidance is None else _float_list(args.guidance, "--guidance")
+    sweep = None if args.guidance is None else _number_list(args.guidance, "--guidance", float)
     for value in sweep or []:
         check_guidance(value)
     for name in args.presets.split(","):

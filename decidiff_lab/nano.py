@@ -62,6 +62,9 @@ SD_SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta
                    prediction_type="epsilon")
 DECI_SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
 
+# Denoising steps each nano pipeline runs by default: nano-deci Deci 2.0's 16 squeezed to 10, nano-sd 16.
+DEFAULT_STEPS = {"nano-sd": 16, "nano-deci": 10}
+
 # Classifier-free guidance for the nano pipelines, far below SD's 7.5: swept with
 # `decidiff-lab evaluate --guidance` (data/README.md), their accuracy falls above ~4 (over-saturated,
 # misshapen objects) and at 1 (no guidance).

@@ -82,7 +82,7 @@ def nano_presets() -> dict[str, Preset]:
         if (folder / "model_index.json").is_file():
             deci = name == "nano-deci"
             found[name] = Preset(name, f"nano model trained by this project ({folder})", local_dir=folder,
-                                 flexible_unet=deci, default_steps=10 if deci else 16,
+                                 flexible_unet=deci, default_steps=nano.DEFAULT_STEPS[name],
                                  default_guidance=nano.GUIDANCE)
     return found
 

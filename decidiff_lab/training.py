@@ -77,18 +77,17 @@ def log_row(path: Path, row: dict) -> None:
         writer.writerows(rows)
 
 
-def _cosine(step: int, total: int, warmup: int = 100) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-
 def _cosine_in_time(step: int, fraction_done: float, warmup: int = 100) -> float:
-    """Cosine decay over a time budget: the LR reaches its floor when the deadline does,
-    however many steps this machine manages."""
+    """Linear warm-up, then cosine decay to 0 at `fraction_done` = 1. Over a time budget the LR
+    reaches its floor when the deadline does, however many steps this machine manages."""
     if step < warmup:
         return (step + 1) / warmup
     return 0.5 * (1 + math.cos(math.pi * min(1.0, fraction_done)))
+
+
+def _cosine(step: int, total: int, warmup: int = 100) -> float:
+    """The same decay over a known number of steps."""
+    return _cosine_in_time(step, (step - warmup) / max(1, total - warmup), warmup)
 
 
 # ------------------------------------------------------------------ VAE
@@ -141,16 +140,14 @@ def vae_psnr(vae: AutoencoderKL, images: np.ndarray) -> float:
 
 def _hard_negative(caption: str, rng: np.random.Generator) -> str:
     """The same objects, another place: captions that differ only in position or relation."""
-    from .shapes import POSITION_PHRASES, RELATIONS, make_caption, parse_caption
+    from .shapes import make_caption, parse_caption
+    from .text_tools import placement_variants
 
-    objects, position, relation = parse_caption(caption)
-    if position:
-        others = [p for p in POSITION_PHRASES if p != position]
-        return make_caption(objects, position=others[rng.integers(len(others))])
-    if rng.random() < 0.5:
+    objects, _, relation = parse_caption(caption)
+    if relation and rng.random() < 0.5:
         return make_caption(objects[::-1], relation=relation)  # swapped roles
-    others = [r for r in RELATIONS if r != relation]
-    return make_caption(objects, relation=others[rng.integers(len(others))])
+    others = placement_variants(caption)[1:]
+    return others[rng.integers(len(others))]
 
 
 def train_clip(data, tokenizer: CLIPTokenizer, recipe: Recipe, log: Path) -> CLIPModel:
@@ -347,7 +344,7 @@ def evaluate_pipeline(pipe, kind: str, prompts_per_kind: int = 24, seed: int = 0
     from .quality import checker_report
     from .shapes import prompt_set
 
-    steps = (10 if kind == "nano-deci" else 16) if steps is None else steps
+    steps = nano.DEFAULT_STEPS.get(kind, 16) if steps is None else steps
     pipe.set_progress_bar_config(disable=True)
     prompts = prompt_set("mixed", split, 2 * prompts_per_kind, seed)  # half single, half pairs
     return checker_report(pipe, prompts, steps, guidance_scale, guidance_rescale, seed)
@@ -377,11 +374,16 @@ def train_nano(out_dir: Path, workdir: Path, recipe: Recipe | None = None, only:
     log = workdir / "training_log.csv"
     torch.manual_seed(recipe.seed)
     tokenizer = CLIPTokenizer.from_pretrained(data_dir() / "clip-tokenizer")
+    # The U-Nets' data: pair scenes as frequent as the recipe says.
+    data = make_dataset(recipe.train_images, recipe.seed, nano.IMAGE_SIZE, pair_fraction=recipe.pair_fraction)
+    low = make_dataset(recipe.train_images, recipe.seed, nano.LOW_RES, pair_fraction=recipe.pair_fraction)
 
     if recipe.reuse_shipped_encoders:
         vae, clip = shipped_encoders()
     else:
-        encoder_data = make_dataset(recipe.train_images, recipe.seed, nano.IMAGE_SIZE)  # half pairs
+        # The VAE and CLIP always see half pairs, so their stages do not depend on the U-Nets' mix.
+        encoder_data = data if recipe.pair_fraction == 0.5 else make_dataset(recipe.train_images, recipe.seed,
+                                                                             nano.IMAGE_SIZE, pair_fraction=0.5)
         if (workdir / "vae" / "config.json").exists():
             vae = AutoencoderKL.from_pretrained(workdir / "vae").eval()
         else:
@@ -393,9 +395,6 @@ def train_nano(out_dir: Path, workdir: Path, recipe: Recipe | None = None, only:
         else:
             clip = train_clip(encoder_data, tokenizer, recipe, log)
             clip.save_pretrained(workdir / "clip")
-    # The U-Nets' data: the same seed, pair scenes as frequent as the recipe says.
-    data = make_dataset(recipe.train_images, recipe.seed, nano.IMAGE_SIZE, pair_fraction=recipe.pair_fraction)
-    low = make_dataset(recipe.train_images, recipe.seed, nano.LOW_RES, pair_fraction=recipe.pair_fraction)
     text_encoder = text_encoder_from_clip(clip)
     vae.requires_grad_(False)
 

@@ -159,4 +159,3 @@ def test_vae_learning_rate_decays_with_the_time_budget_not_a_step_guess():
     assert _cosine_in_time(0, 0.0) == pytest.approx(0.01)  # warm-up
     assert _cosine_in_time(500, 0.5) == pytest.approx(0.5)
     assert _cosine_in_time(500, 1.0) == pytest.approx(0.0, abs=1e-12)  # at the deadline, whatever the step
-

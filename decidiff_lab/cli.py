@@ -82,7 +82,7 @@ def _train_nano(args) -> None:
 
     recipe = Recipe.quick() if args.quick else Recipe()
     if args.minutes is not None:
-        recipe.vae_minutes = recipe.clip_minutes = recipe.unet_minutes = args.minutes
+        recipe.vae_minutes = recipe.clip_minutes = recipe.clip_relation_minutes = recipe.unet_minutes = args.minutes
     recipe.seed = args.seed
     recipe.joint_text_encoder = args.joint_text_encoder
     out = args.out or ("build/nano-quick" if args.quick else str(data_dir()))  # --quick never overwrites data/

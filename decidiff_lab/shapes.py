@@ -132,12 +132,24 @@ def _single_held_out(color: str, shape: str, position: str) -> bool:
     return index % 7 == 3
 
 
-def _pair_held_out(a: tuple[str, str], relation: str, b: tuple[str, str]) -> bool:
-    # Canonical arrangement: (left or top object, axis, right or bottom object).
+def _arrangement(a: tuple[str, str], relation: str, b: tuple[str, str]):
+    """(left or top object, axis, right or bottom object): one key for both wordings of a pair."""
     first, second = (a, b) if relation in ("to the left of", "above") else (b, a)
     axis = "horizontal" if "left" in relation or "right" in relation else "vertical"
+    return first, axis, second
+
+
+def _pair_held_out(a: tuple[str, str], relation: str, b: tuple[str, str]) -> bool:
+    first, axis, second = _arrangement(a, relation, b)
     key = f"{' '.join(first)}|{axis}|{' '.join(second)}"
     return zlib.crc32(key.encode()) % 8 == 0
+
+
+def meaning(caption: str) -> tuple:
+    """What a caption says, whatever its wording: "a red circle to the left of a blue square" and
+    "a blue square to the right of a red circle" have the same meaning."""
+    objects, position, relation = parse_caption(caption)
+    return (objects[0], position) if position else _arrangement(objects[0], relation, objects[1])
 
 
 SINGLE_COMBOS = tuple(product(COLORS, SHAPES, POSITIONS))
@@ -220,6 +232,22 @@ def sample_scene(rng: np.random.Generator, kind: str = "single", split: str = "t
     """
     combos = _COMBOS[kind, split]
     return _scene(combos[rng.integers(len(combos))], kind, rng, qualitative)
+
+
+def swapped_twin(scene: Scene, rng: np.random.Generator) -> Scene | None:
+    """The scene's counterpart with the same objects in other places: a pair's two objects trade
+    places (same relation words, roles swapped), a single object moves to another position.
+    None when that counterpart is a held-out combination."""
+    if scene.position:
+        obj = scene.objects[0]
+        others = [p for p in POSITIONS if p != scene.position]
+        twin = _scene((obj.color, obj.shape, others[rng.integers(len(others))]), "single", rng, False)
+    else:
+        a, b = scene.objects
+        objects = (Shape(b.color, b.shape, a.cx, a.cy, a.size), Shape(a.color, a.shape, b.cx, b.cy, b.size))
+        twin = Scene(objects, make_caption([(b.color, b.shape), (a.color, a.shape)], relation=scene.relation),
+                     relation=scene.relation)
+    return None if is_held_out(twin) else twin
 
 
 def curated_scenes(seed: int = 0) -> list[Scene]:

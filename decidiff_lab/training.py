@@ -1,4 +1,5 @@
-"""The nano training recipe: VAE -> CLIP -> precompute -> both U-Nets through four phases.
+"""The nano training recipe: VAE -> CLIP (contrastive, then relations) -> precompute -> both U-Nets
+through four phases.
 
 Mirrors DeciDiffusion's recipe in miniature (FACTS.md): (1) from scratch at low resolution,
 (2) at full resolution, (3) EMA on, another LR schedule, the "qualitative" subset, (4) a short
@@ -42,6 +43,11 @@ class Recipe:
     clip_minutes: float = 12.0  # measured: the CLIP only starts telling positions apart after ~5 min
     clip_batch: int = 128
     clip_lr: float = 1e-3
+    # Then the relations stage: each image beside its swapped twin (measured: two-object placement
+    # 37% -> 66% in 6 minutes, where the first stage had plateaued; data/README.md).
+    clip_relation_minutes: float = 12.0
+    clip_relation_batch: int = 64  # scenes; their twins double it
+    clip_relation_lr: float = 3e-4
     unet_samples: int = 200_000  # per U-Net, split over the phases below
     unet_batch: int = 64
     unet_lr: float = 3e-3  # LAMB's trust ratio scales it per layer
@@ -52,7 +58,7 @@ class Recipe:
     # (which keeps SD's text encoder, as DeciDiffusion does). The shipped models keep it frozen.
     joint_text_encoder: bool = False
     ema_decay: float = 0.999
-    unet_minutes: float = 40.0  # cap per U-Net
+    unet_minutes: float = 50.0  # a safety cap per U-Net, not its budget (that is unet_samples)
     # Take the shipped VAE and CLIP from data/ instead of training them: a few minutes of either
     # are too weak to learn from (measured: 19 dB, position-blind), so --quick trains U-Nets only.
     reuse_shipped_encoders: bool = False
@@ -140,12 +146,11 @@ def vae_psnr(vae: AutoencoderKL, images: np.ndarray) -> float:
 
 def _hard_negative(caption: str, rng: np.random.Generator) -> str:
     """The same objects, another place: captions that differ only in position or relation."""
-    from .shapes import make_caption, parse_caption
+    from .shapes import parse_caption
     from .text_tools import placement_variants
 
-    objects, _, relation = parse_caption(caption)
-    if relation and rng.random() < 0.5:
-        return make_caption(objects[::-1], relation=relation)  # swapped roles
+    if parse_caption(caption)[2] and rng.random() < 0.5:
+        return _swap_roles(caption)
     others = placement_variants(caption)[1:]
     return others[rng.integers(len(others))]
 
@@ -178,15 +183,85 @@ def train_clip(data, tokenizer: CLIPTokenizer, recipe: Recipe, log: Path) -> CLI
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}", top1=f"{np.mean(hits[-20:]):.2f}")
     clip.eval()
-    from .text_tools import placement_accuracy
-
-    # Can its text tower tell positions apart? A U-Net trained on its frozen states needs that.
-    singles = make_dataset(200, recipe.seed + 7, nano.IMAGE_SIZE, split="test", pair_fraction=0.0)
     log_row(log, {"stage": "clip", "steps": step, "minutes": recipe.clip_minutes,
                   "top1_vs_batch_and_hard_negatives": round(float(np.mean(hits[-20:])), 3),
-                  "single_position_accuracy": round(placement_accuracy(clip, tokenizer, singles.images,
-                                                                       singles.captions), 3)})
+                  **placement_scores(clip, tokenizer, recipe.seed)})
     return clip
+
+
+def placement_scores(clip: CLIPModel, tokenizer: CLIPTokenizer, seed: int = 0) -> dict:
+    """Can its text tower tell places apart? A U-Net trained on its frozen states needs that.
+    `text_tools.placement_accuracy` on 200 held-out single-object and 200 two-object images."""
+    from .text_tools import placement_accuracy
+
+    scores = {}
+    for key, pair_fraction, offset in (("single_position_accuracy", 0.0, 7), ("pair_relation_accuracy", 1.0, 8)):
+        data = make_dataset(200, seed + offset, nano.IMAGE_SIZE, split="test", pair_fraction=pair_fraction)
+        scores[key] = round(placement_accuracy(clip, tokenizer, data.images, data.captions), 3)
+    return scores
+
+
+def _multi_positive_loss(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy where several columns are right (two wordings of one pair, repeated captions)."""
+    return (torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~positive, -1e4), 1)).mean()
+
+
+def train_clip_relations(clip: CLIPModel, data, tokenizer: CLIPTokenizer, recipe: Recipe, log: Path) -> CLIPModel:
+    """Teach the CLIP *where*: every image sits in its batch beside its swapped twin (same objects,
+    places exchanged), and is scored against every caption of its objects in every place.
+
+    In-batch contrastive training alone ranks a pair's four arrangements barely above chance: no
+    batch holds two images that differ only in order, so neither tower needs it, and the frozen
+    text encoder then hands the U-Nets "left of" and "right of" as near-identical states.
+    """
+    from .shapes import meaning, render, swapped_twin
+    from .text_tools import placement_variants
+
+    torch.manual_seed(recipe.seed)
+    opt = torch.optim.AdamW(clip.parameters(), lr=recipe.clip_relation_lr, weight_decay=0.01)
+    rng = np.random.default_rng(recipe.seed + 3)
+    start, budget = time.monotonic(), recipe.clip_relation_minutes * 60
+    step, losses = 0, []
+    clip.train()
+    with tqdm(desc="CLIP relations", unit="step") as bar:
+        while (elapsed := time.monotonic() - start) < budget:
+            for g in opt.param_groups:
+                g["lr"] = recipe.clip_relation_lr * _cosine_in_time(step, elapsed / budget, warmup=20)
+            scenes = [data.scenes[i] for i in rng.integers(0, len(data), recipe.clip_relation_batch)]
+            scenes += [t for t in (swapped_twin(s, rng) for s in scenes) if t is not None]
+            meanings = [meaning(s.caption) for s in scenes]
+            # Every wording of every place of each image's objects (a pair's swapped roles included).
+            captions = list(dict.fromkeys(v for s in scenes for c in (s.caption, _swap_roles(s.caption))
+                                          for v in placement_variants(c)))
+            # The end token's state never sees the padding after it (causal mask): pad to the longest only.
+            ids = tokenizer(captions, padding="longest", return_tensors="pt").input_ids
+            text = F.normalize(clip.text_projection(clip.text_model(input_ids=ids).pooler_output), dim=-1)
+            pixels = to_tensor(np.stack([render(s, nano.IMAGE_SIZE) for s in scenes]))
+            image = F.normalize(clip.visual_projection(clip.vision_model(pixel_values=pixels).pooler_output), dim=-1)
+            logits = clip.logit_scale.exp() * image @ text.T
+            positive = torch.tensor([[m == meaning(c) for c in captions] for m in meanings])
+            own = [captions.index(s.caption) for s in scenes]  # caption -> image, over the batch's images
+            same = torch.tensor([[m == n for n in meanings] for m in meanings])
+            loss = (_multi_positive_loss(logits, positive) + _multi_positive_loss(logits[:, own].T, same)) / 2
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            losses.append(loss.item())
+            bar.update()
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+    clip.eval()
+    log_row(log, {"stage": "clip-relations", "steps": step, "minutes": recipe.clip_relation_minutes,
+                  **placement_scores(clip, tokenizer, recipe.seed)})
+    return clip
+
+
+def _swap_roles(caption: str) -> str:
+    """"A <relation> B" -> "B <relation> A"; a single-object caption is returned as is."""
+    from .shapes import make_caption, parse_caption
+
+    objects, _, relation = parse_caption(caption)
+    return make_caption(objects[::-1], relation=relation) if relation else caption
 
 
 def text_encoder_from_clip(clip: CLIPModel) -> CLIPTextModel:
@@ -395,6 +470,11 @@ def train_nano(out_dir: Path, workdir: Path, recipe: Recipe | None = None, only:
         else:
             clip = train_clip(encoder_data, tokenizer, recipe, log)
             clip.save_pretrained(workdir / "clip")
+        if (workdir / "clip-relations" / "config.json").exists():
+            clip = CLIPModel.from_pretrained(workdir / "clip-relations").eval()
+        else:
+            clip = train_clip_relations(clip, encoder_data, tokenizer, recipe, log)
+            clip.save_pretrained(workdir / "clip-relations")
     text_encoder = text_encoder_from_clip(clip)
     vae.requires_grad_(False)
 

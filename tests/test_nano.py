@@ -1,5 +1,6 @@
 """The shipped nano models: they load offline with stock classes, generate, and train."""
 
+import math
 import os
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from diffusers import DiffusionPipeline, StableDiffusionPipeline
 from PIL import Image
 
@@ -136,8 +138,9 @@ def test_clip_stage_logs_whether_it_tells_positions_apart(tmp_path, clip_tokeniz
     recipe = Recipe(clip_minutes=0.005, clip_batch=4)
     train_clip(make_dataset(8, seed=0), clip_tokenizer, recipe, tmp_path / "log.csv")
     header, row = (tmp_path / "log.csv").read_text().splitlines()
-    assert header == "stage,steps,minutes,top1_vs_batch_and_hard_negatives,single_position_accuracy"
-    assert row.startswith("clip,") and 0.0 <= float(row.split(",")[-1]) <= 1.0
+    assert header == ("stage,steps,minutes,top1_vs_batch_and_hard_negatives,single_position_accuracy,"
+                      "pair_relation_accuracy")
+    assert row.startswith("clip,") and all(0.0 <= float(v) <= 1.0 for v in row.split(",")[-2:])
 
 
 def test_quick_recipe_trains_unets_on_the_shipped_encoders(monkeypatch, tmp_path):
@@ -159,3 +162,41 @@ def test_vae_learning_rate_decays_with_the_time_budget_not_a_step_guess():
     assert _cosine_in_time(0, 0.0) == pytest.approx(0.01)  # warm-up
     assert _cosine_in_time(500, 0.5) == pytest.approx(0.5)
     assert _cosine_in_time(500, 1.0) == pytest.approx(0.0, abs=1e-12)  # at the deadline, whatever the step
+
+
+def test_multi_positive_loss_is_cross_entropy_over_every_right_answer():
+    from decidiff_lab.training import _multi_positive_loss
+
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 1.0]])
+    one = torch.tensor([[True, False, False], [False, True, False]])
+    assert _multi_positive_loss(logits, one) == pytest.approx(F.cross_entropy(logits, torch.tensor([0, 1])).item())
+    both = torch.tensor([[True, False, False], [False, True, True]])  # two wordings of one meaning
+    expected = (F.cross_entropy(logits[:1], torch.tensor([0])) + torch.log(torch.tensor(1 + 2 * math.e))
+                - torch.log(torch.tensor(2 * math.e))) / 2
+    assert _multi_positive_loss(logits, both) == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_swap_roles():
+    from decidiff_lab.training import _swap_roles
+
+    assert _swap_roles("a red circle above an orange square") == "an orange square above a red circle"
+    assert _swap_roles("a red circle on the left") == "a red circle on the left"
+
+
+def test_relations_stage_trains_from_twins_and_logs_pair_placement(tmp_path, clip_tokenizer):
+    from transformers import CLIPConfig, CLIPModel
+
+    from decidiff_lab.training import train_clip_relations
+
+    torch.manual_seed(0)
+    clip = CLIPModel(CLIPConfig(text_config=nano.CLIP_TEXT, vision_config=nano.CLIP_VISION,
+                                projection_dim=nano.CLIP_PROJECTION_DIM))
+    before = clip.vision_model.embeddings.patch_embedding.weight.clone()
+    recipe = Recipe(clip_relation_minutes=0.005, clip_relation_batch=4)
+    train_clip_relations(clip, make_dataset(16, seed=0), clip_tokenizer, recipe, tmp_path / "log.csv")
+    assert not torch.equal(before, clip.vision_model.embeddings.patch_embedding.weight)
+    header, row = (tmp_path / "log.csv").read_text().splitlines()
+    assert header == "stage,steps,minutes,single_position_accuracy,pair_relation_accuracy"
+    values = row.split(",")
+    assert values[0] == "clip-relations" and int(values[1]) >= 1
+    assert all(0.0 <= float(v) <= 1.0 for v in values[3:])

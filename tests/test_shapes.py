@@ -96,6 +96,39 @@ def test_mirrored_pair_captions_share_a_side():
         assert shapes._pair_held_out(a, relation, b) == shapes._pair_held_out(b, mirror, a)
 
 
+def test_meaning_is_one_key_for_both_wordings():
+    left = shapes.meaning("a red circle to the left of a blue square")
+    assert left == shapes.meaning("a blue square to the right of a red circle")
+    assert left != shapes.meaning("a blue square to the left of a red circle")  # roles swapped
+    assert left != shapes.meaning("a red circle above a blue square")
+    assert shapes.meaning("an orange triangle at the top") == (("orange", "triangle"), "top")
+    with pytest.raises(ValueError):
+        shapes.meaning("a red circle near a blue square")
+
+
+def test_swapped_twin_keeps_objects_moves_places(train):
+    from decidiff_lab.checker import score
+
+    rng = np.random.default_rng(0)
+    twins = 0
+    for scene in train.scenes[:300]:
+        twin = shapes.swapped_twin(scene, rng)
+        if twin is None:  # its counterpart is held out
+            assert scene.relation is not None or scene.position is not None
+            continue
+        twins += 1
+        assert not shapes.is_held_out(twin)
+        assert sorted((o.color, o.shape) for o in twin.objects) == sorted((o.color, o.shape) for o in scene.objects)
+        assert shapes.meaning(twin.caption) != shapes.meaning(scene.caption)
+        if scene.relation:  # same relation words, roles swapped: the objects traded places
+            assert twin.relation == scene.relation
+            assert [(o.cx, o.cy) for o in twin.objects] == [(o.cx, o.cy) for o in scene.objects]
+        else:
+            assert twin.position != scene.position
+        assert score(shapes.render(twin), twin.caption)["correct"], twin
+    assert twins >= 250
+
+
 def test_parse_caption_round_trip(train):
     captions = train.captions + make_dataset(100, seed=9, split="test").captions
     for caption in captions[:1000]:

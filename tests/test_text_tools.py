@@ -138,3 +138,12 @@ def test_figures():
     assert len(fig2.axes) == 4
     plt.close(fig)
     plt.close(fig2)
+
+
+def test_shipped_nano_clip_tells_relations_apart(clip_tokenizer):
+    """Its relations stage must teach the text encoder *which* object is where, or pairs come out in random order."""
+    from decidiff_lab.loading import load_nano_clip
+
+    data = make_dataset(60, seed=8, split="test", pair_fraction=1.0)  # two objects: four arrangements, chance 25%
+    accuracy = text_tools.placement_accuracy(load_nano_clip(), clip_tokenizer, data.images, data.captions)
+    assert accuracy >= 0.5, f"nano CLIP two-object relation accuracy {accuracy:.2f} (chance 0.25)"

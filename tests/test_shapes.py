@@ -113,8 +113,10 @@ def test_swapped_twin_keeps_objects_moves_places(train):
     twins = 0
     for scene in train.scenes[:300]:
         twin = shapes.swapped_twin(scene, rng)
-        if twin is None:  # its counterpart is held out
-            assert scene.relation is not None or scene.position is not None
+        if twin is None:
+            if scene.relation:  # its counterpart, roles swapped, is a held-out arrangement
+                a, b = scene.objects
+                assert shapes._pair_held_out((b.color, b.shape), scene.relation, (a.color, a.shape))
             continue
         twins += 1
         assert not shapes.is_held_out(twin)

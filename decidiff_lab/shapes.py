@@ -234,6 +234,12 @@ def sample_scene(rng: np.random.Generator, kind: str = "single", split: str = "t
     return _scene(combos[rng.integers(len(combos))], kind, rng, qualitative)
 
 
+def swap_roles(caption: str) -> str:
+    """"A <relation> B" -> "B <relation> A" (the other arrangement); a single-object caption as is."""
+    objects, _, relation = parse_caption(caption)
+    return make_caption(objects[::-1], relation=relation) if relation else caption
+
+
 def swapped_twin(scene: Scene, rng: np.random.Generator) -> Scene | None:
     """The scene's counterpart with the same objects in other places: a pair's two objects trade
     places (same relation words, roles swapped), a single object moves to another position.
@@ -245,8 +251,7 @@ def swapped_twin(scene: Scene, rng: np.random.Generator) -> Scene | None:
     else:
         a, b = scene.objects
         objects = (Shape(b.color, b.shape, a.cx, a.cy, a.size), Shape(a.color, a.shape, b.cx, b.cy, b.size))
-        twin = Scene(objects, make_caption([(b.color, b.shape), (a.color, a.shape)], relation=scene.relation),
-                     relation=scene.relation)
+        twin = Scene(objects, swap_roles(scene.caption), relation=scene.relation)
     return None if is_held_out(twin) else twin
 
 

@@ -146,11 +146,11 @@ def vae_psnr(vae: AutoencoderKL, images: np.ndarray) -> float:
 
 def _hard_negative(caption: str, rng: np.random.Generator) -> str:
     """The same objects, another place: captions that differ only in position or relation."""
-    from .shapes import parse_caption
+    from .shapes import parse_caption, swap_roles
     from .text_tools import placement_variants
 
     if parse_caption(caption)[2] and rng.random() < 0.5:
-        return _swap_roles(caption)
+        return swap_roles(caption)
     others = placement_variants(caption)[1:]
     return others[rng.integers(len(others))]
 
@@ -214,7 +214,7 @@ def train_clip_relations(clip: CLIPModel, data, tokenizer: CLIPTokenizer, recipe
     batch holds two images that differ only in order, so neither tower needs it, and the frozen
     text encoder then hands the U-Nets "left of" and "right of" as near-identical states.
     """
-    from .shapes import meaning, render, swapped_twin
+    from .shapes import meaning, render, swap_roles, swapped_twin
     from .text_tools import placement_variants
 
     torch.manual_seed(recipe.seed)
@@ -231,7 +231,7 @@ def train_clip_relations(clip: CLIPModel, data, tokenizer: CLIPTokenizer, recipe
             scenes += [t for t in (swapped_twin(s, rng) for s in scenes) if t is not None]
             meanings = [meaning(s.caption) for s in scenes]
             # Every wording of every place of each image's objects (a pair's swapped roles included).
-            captions = list(dict.fromkeys(v for s in scenes for c in (s.caption, _swap_roles(s.caption))
+            captions = list(dict.fromkeys(v for s in scenes for c in (s.caption, swap_roles(s.caption))
                                           for v in placement_variants(c)))
             # The end token's state never sees the padding after it (causal mask): pad to the longest only.
             ids = tokenizer(captions, padding="longest", return_tensors="pt").input_ids
@@ -239,7 +239,8 @@ def train_clip_relations(clip: CLIPModel, data, tokenizer: CLIPTokenizer, recipe
             pixels = to_tensor(np.stack([render(s, nano.IMAGE_SIZE) for s in scenes]))
             image = F.normalize(clip.visual_projection(clip.vision_model(pixel_values=pixels).pooler_output), dim=-1)
             logits = clip.logit_scale.exp() * image @ text.T
-            positive = torch.tensor([[m == meaning(c) for c in captions] for m in meanings])
+            caption_meanings = [meaning(c) for c in captions]  # once per caption, not once per image
+            positive = torch.tensor([[m == c for c in caption_meanings] for m in meanings])
             own = [captions.index(s.caption) for s in scenes]  # caption -> image, over the batch's images
             same = torch.tensor([[m == n for n in meanings] for m in meanings])
             loss = (_multi_positive_loss(logits, positive) + _multi_positive_loss(logits[:, own].T, same)) / 2
@@ -254,14 +255,6 @@ def train_clip_relations(clip: CLIPModel, data, tokenizer: CLIPTokenizer, recipe
     log_row(log, {"stage": "clip-relations", "steps": step, "minutes": recipe.clip_relation_minutes,
                   **placement_scores(clip, tokenizer, recipe.seed)})
     return clip
-
-
-def _swap_roles(caption: str) -> str:
-    """"A <relation> B" -> "B <relation> A"; a single-object caption is returned as is."""
-    from .shapes import make_caption, parse_caption
-
-    objects, _, relation = parse_caption(caption)
-    return make_caption(objects[::-1], relation=relation) if relation else caption
 
 
 def text_encoder_from_clip(clip: CLIPModel) -> CLIPTextModel:

@@ -177,10 +177,10 @@ def test_multi_positive_loss_is_cross_entropy_over_every_right_answer():
 
 
 def test_swap_roles():
-    from decidiff_lab.training import _swap_roles
+    from decidiff_lab.shapes import swap_roles
 
-    assert _swap_roles("a red circle above an orange square") == "an orange square above a red circle"
-    assert _swap_roles("a red circle on the left") == "a red circle on the left"
+    assert swap_roles("a red circle above an orange square") == "an orange square above a red circle"
+    assert swap_roles("a red circle on the left") == "a red circle on the left"
 
 
 def test_relations_stage_trains_from_twins_and_logs_pair_placement(tmp_path, clip_tokenizer):

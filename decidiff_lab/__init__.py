@@ -8,6 +8,9 @@ One module per idea: `flexible_unet` (U-Net-NAS), `architectures` (full-size con
 __version__ = "0.1.0"
 
 from .errors import UserError
+# data/nano-deci/model_index.json names these two modules, and diffusers only loads classes from
+# modules already imported: `import decidiff_lab` is what lets DiffusionPipeline open the folder.
 from .flexible_unet import FlexibleUNet2DConditionModel
+from .schedulers import SqueezedDPMSolverMultistepScheduler
 
-__all__ = ["FlexibleUNet2DConditionModel", "UserError", "__version__"]
+__all__ = ["FlexibleUNet2DConditionModel", "SqueezedDPMSolverMultistepScheduler", "UserError", "__version__"]

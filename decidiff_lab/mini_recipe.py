@@ -195,7 +195,7 @@ def denoised_images(unet, noise_scheduler, parts: FrozenParts, tensors: dict, ti
         pred = unet(noisy, t, tensors["text_states"][tensors["caption_ids"][:limit]]).sample
         unet.train(was_training)
     clean = predicted_clean(noise_scheduler, noisy, pred, t)
-    return decode(parts.vae, clean, batch=len(clean))
+    return decode(parts.vae, clean)
 
 
 def denoise_scores(unet, noise_scheduler, parts: FrozenParts, tensors: dict, timestep: int = 500,

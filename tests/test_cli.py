@@ -38,11 +38,18 @@ def test_arch_table_labels_reconstructions(capsys):
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     ([], "the following arguments are required: command"),
 ])
-def test_bad_input_is_one_line_with_status_2(args, message):
-    result = run_cli(*args)
+def test_bad_input_is_one_line_with_status_2(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("decidiff-lab: error: ") and message in err
+
+
+def test_the_command_itself_exits_2_with_one_line():
+    # The same path as above, through a real process: exit status and stderr as a shell sees them.
+    result = run_cli("arch", "sd14")
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
-    assert result.stderr.startswith("decidiff-lab: error: ") and message in result.stderr
+    assert result.stderr.startswith("decidiff-lab: error: unknown preset 'sd14'")
 
 
 def test_doctor_answers_fast_offline():

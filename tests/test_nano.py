@@ -46,6 +46,17 @@ def test_stock_diffusers_classes_open_the_folders_offline():
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_import_decidiff_lab_is_all_diffusion_pipeline_needs():
+    # The model card's promise, in a fresh interpreter: no other decidiff_lab import beforehand.
+    code = ("import decidiff_lab; from diffusers import DiffusionPipeline; "
+            f"p = DiffusionPipeline.from_pretrained({str(DATA / 'nano-deci')!r}); "
+            "print(type(p.unet).__name__, type(p.scheduler).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["FlexibleUNet2DConditionModel", "SqueezedDPMSolverMultistepScheduler"]
+
+
 def test_nano_models_produce_the_right_shapes(nano_deci):
     images = to_tensor(make_dataset(2, seed=5).images)
     with torch.no_grad():

@@ -1,15 +1,18 @@
 """The latency-budgeted search, on a tiny space (real measurements, one repeat each)."""
 
+import time
+
 import matplotlib
 
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import pytest
+import torch
 
 from decidiff_lab.accounting import build_unet
 from decidiff_lab.errors import UserError
-from decidiff_lab.search import candidates, plot_search, search
+from decidiff_lab.search import candidates, plot_search, search, unet_latencies
 from decidiff_lab.unet_tools import cpu_threads
 from conftest import TEXT_DIM, tiny_flexible_config
 
@@ -73,3 +76,29 @@ def test_plot_search_marks_pick_budget_and_reference():
     assert "pick" in labels and "reference (nano-sd)" in labels and labels[-1].startswith("budget")
     assert "over budget" not in labels
     plt.close("all")
+
+
+class RecordingUNet(torch.nn.Module):
+    """Stands in for a U-Net: records the order of calls; `slow` adds a busy wait."""
+
+    def __init__(self, name, log, slow=0.0):
+        super().__init__()
+        self.name, self.log, self.slow = name, log, slow
+        self.config = type("Config", (), {"in_channels": 4, "cross_attention_dim": TEXT_DIM})
+
+    def forward(self, x, t, text):
+        assert x.shape == (2, 4, 8, 8) and text.shape == (2, 77, TEXT_DIM)
+        self.log.append(self.name)
+        if self.slow:
+            end = time.perf_counter() + self.slow
+            while time.perf_counter() < end:
+                pass
+
+
+def test_latencies_are_timed_in_rounds_one_call_per_model():
+    # A slowdown during the search must hit every model alike: calls alternate model by model.
+    log = []
+    fast, slow = RecordingUNet("a", log), RecordingUNet("b", log, slow=0.005)
+    seconds = unet_latencies([fast, slow], repeats=3, warmup=1)
+    assert log == ["a", "b"] * 4
+    assert len(seconds) == 2 and 0 < seconds[0] < seconds[1] and seconds[1] >= 0.005

@@ -431,6 +431,15 @@ def shipped_encoders() -> tuple[AutoencoderKL, CLIPModel]:
     return AutoencoderKL.from_pretrained(vae_dir, torch_dtype=torch.float32).eval(), load_nano_clip().float().eval()
 
 
+def _resumed(folder: Path, model_class, train):
+    """A finished stage's model from `folder`, else `train()`'s, saved there: what makes train_nano resumable."""
+    if (folder / "config.json").exists():
+        return model_class.from_pretrained(folder).eval()
+    model = train()
+    model.save_pretrained(folder)
+    return model
+
+
 def train_nano(out_dir: Path, workdir: Path, recipe: Recipe | None = None, only: tuple = ("nano-sd", "nano-deci")):
     """Train every nano model; resumable (each finished stage is a folder under `workdir`)."""
     from diffusers import StableDiffusionPipeline
@@ -453,22 +462,11 @@ def train_nano(out_dir: Path, workdir: Path, recipe: Recipe | None = None, only:
         # The VAE and CLIP always see half pairs, so their stages do not depend on the U-Nets' mix.
         encoder_data = data if recipe.pair_fraction == 0.5 else make_dataset(recipe.train_images, recipe.seed,
                                                                              nano.IMAGE_SIZE, pair_fraction=0.5)
-        if (workdir / "vae" / "config.json").exists():
-            vae = AutoencoderKL.from_pretrained(workdir / "vae").eval()
-        else:
-            held_out = make_dataset(500, recipe.seed + 2, nano.IMAGE_SIZE, split="test")
-            vae = train_vae(encoder_data.images, recipe, log, held_out.images)
-            vae.save_pretrained(workdir / "vae")
-        if (workdir / "clip" / "config.json").exists():
-            clip = CLIPModel.from_pretrained(workdir / "clip").eval()
-        else:
-            clip = train_clip(encoder_data, tokenizer, recipe, log)
-            clip.save_pretrained(workdir / "clip")
-        if (workdir / "clip-relations" / "config.json").exists():
-            clip = CLIPModel.from_pretrained(workdir / "clip-relations").eval()
-        else:
-            clip = train_clip_relations(clip, encoder_data, tokenizer, recipe, log)
-            clip.save_pretrained(workdir / "clip-relations")
+        vae = _resumed(workdir / "vae", AutoencoderKL, lambda: train_vae(
+            encoder_data.images, recipe, log, make_dataset(500, recipe.seed + 2, nano.IMAGE_SIZE, split="test").images))
+        contrastive = _resumed(workdir / "clip", CLIPModel, lambda: train_clip(encoder_data, tokenizer, recipe, log))
+        clip = _resumed(workdir / "clip-relations", CLIPModel,
+                        lambda: train_clip_relations(contrastive, encoder_data, tokenizer, recipe, log))
     text_encoder = text_encoder_from_clip(clip)
     vae.requires_grad_(False)
 

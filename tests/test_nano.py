@@ -211,3 +211,21 @@ def test_relations_stage_trains_from_twins_and_logs_pair_placement(tmp_path, cli
     values = row.split(",")
     assert values[0] == "clip-relations" and int(values[1]) >= 1
     assert all(0.0 <= float(v) <= 1.0 for v in values[3:])
+
+
+def test_a_finished_stage_is_loaded_not_trained_again(tmp_path):
+    # What makes train_nano resumable: the first call trains and saves, the second only loads.
+    from diffusers import AutoencoderKL
+
+    from decidiff_lab.training import _resumed
+
+    calls = []
+
+    def train():
+        calls.append(1)
+        return AutoencoderKL(block_out_channels=(8,), norm_num_groups=4, latent_channels=4)
+
+    first = _resumed(tmp_path / "vae", AutoencoderKL, train)
+    again = _resumed(tmp_path / "vae", AutoencoderKL, train)
+    assert len(calls) == 1 and not again.training
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))

@@ -1,4 +1,4 @@
-"""`decidiff-lab doctor`: what this machine can run, answered in a couple of seconds."""
+"""`decidiff-lab doctor`: what this machine can run, answered in a few seconds."""
 
 from __future__ import annotations
 
@@ -7,17 +7,16 @@ import time
 
 import torch
 
-from .loading import hub_offline_by_env, hub_reachable
-from .presets import Preset, all_presets
+from . import hub
+from .loading import default_device
+from .presets import HUB_PRESETS, Preset, all_presets
 
 
 def preset_available_locally(preset: Preset) -> bool:
+    """Every file the loader reads is on this machine (no request sent)."""
     if preset.is_nano:
         return (preset.local_dir / "model_index.json").is_file()
-    from huggingface_hub import try_to_load_from_cache
-
-    hit = try_to_load_from_cache(preset.repo_id, "model_index.json", revision=preset.revision)
-    return isinstance(hit, str)
+    return not hub.missing_files(preset)
 
 
 def report() -> dict:
@@ -25,16 +24,17 @@ def report() -> dict:
     import transformers
 
     start = time.perf_counter()
-    reachable = hub_reachable()
+    cause = hub.probe(HUB_PRESETS["deci-v2"])
     info = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
         "transformers": transformers.__version__,
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "device": default_device(),
         "cpu_threads": torch.get_num_threads(),
-        "hub": "offline (HF_HUB_OFFLINE)" if hub_offline_by_env() else ("reachable" if reachable else "unreachable"),
+        "hub": "answers" if cause is None else cause,
         "hub_check_seconds": round(time.perf_counter() - start, 2),
+        "hf_cache": str(hub.cache_dir()),
         "presets_local": {name: preset_available_locally(p) for name, p in all_presets().items()},
     }
     if torch.cuda.is_available():

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .memory import decode
+from .memory import check_images_per_call, decode
 from .schedulers import SqueezedDPMSolverMultistepScheduler, check_guidance, parse_squeeze_mode
 
 BASE_STEPS = 16  # Deci's reference pipeline squeezes its 16-step list to 10
@@ -81,6 +81,7 @@ def generate(pipe, prompts: str | list[str], steps: int | None = None, guidance_
     height, width = height or side, width or side
     steps = 16 if steps is None else steps
     check_generation_args(steps, height, width, num_images)
+    check_images_per_call(pipe, height, width, len(prompts) * num_images)  # what this GPU's free memory holds
     check_guidance(guidance_scale, guidance_rescale)
     kwargs = {"num_inference_steps": steps}
     if isinstance(pipe.scheduler, SqueezedDPMSolverMultistepScheduler):

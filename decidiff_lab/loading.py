@@ -1,57 +1,33 @@
-"""Load any preset as a standard diffusers `StableDiffusionPipeline`.
+"""Load any preset as a standard diffusers `StableDiffusionPipeline`, built with its own U-Net and sampler.
 
-Safetensors only, never `custom_pipeline`, never remote code: DeciDiffusion's U-Net-NAS is
-read by our native `FlexibleUNet2DConditionModel`. `auto` picks the real DeciDiffusion on a
-GPU with the hub, the nano model otherwise, and says why in one line.
+Safetensors only, never `custom_pipeline`, never remote code: DeciDiffusion's U-Net-NAS is read by our
+native `FlexibleUNet2DConditionModel`, and Deci 2.0's refined DPM++ is installed as Deci's own pipeline
+samples it (the repos' `model_index.json` declare a DDIM). `auto` is decided once per process: the real
+DeciDiffusion 2.0 and SD 1.5 on a GPU when every file both need is in the local cache or the hub gives
+them, the nano pair otherwise, with the reason in one line.
 """
 
 from __future__ import annotations
 
 import os
-import socket
-import threading
 import warnings
 from pathlib import Path
 
 import torch
 
+from . import hub
 from .errors import UserError
 from .flexible_unet import FlexibleUNet2DConditionModel
 from .memory import default_dtype, place
-from .schedulers import SqueezedDPMSolverMultistepScheduler  # noqa: F401  (lets diffusers load nano-deci's scheduler)
 from .presets import Preset, all_presets, get_preset
+from .schedulers import SqueezedDPMSolverMultistepScheduler
 
-HUB_HOST = "huggingface.co"
 # diffusers >= 0.40 renamed from_pretrained's `torch_dtype` to `dtype`; older releases (Colab's)
 # know only `torch_dtype`, so we keep it and silence the rename notice.
 warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
 
-
-def hub_offline_by_env() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def hub_reachable(timeout: float = 1.5) -> bool:
-    """True when huggingface.co answers a TCP connect within `timeout` seconds.
-
-    The connect (DNS included) runs in a daemon thread, so a hanging resolver cannot stall
-    the caller past the timeout.
-    """
-    if hub_offline_by_env():
-        return False
-    result = []
-
-    def probe():
-        try:
-            socket.create_connection((HUB_HOST, 443), timeout=timeout).close()
-            result.append(True)
-        except Exception:  # any failure to connect means "not reachable"
-            pass
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result)
+REAL_PAIR = ("deci-v2", "sd15")  # what `auto` loads on a GPU: DeciDiffusion 2.0 and its SD 1.5 reference
+_AUTO: dict[str, tuple[Preset, str]] = {}  # device type -> (preset, reason): decided once per process
 
 
 def default_device() -> str:
@@ -62,20 +38,48 @@ def default_device() -> str:
     return "cpu"
 
 
+def _gpu_name(device: str) -> str | None:
+    kind = torch.device(device).type
+    return {"cuda": f"a CUDA GPU ({device})", "mps": "an Apple GPU (MPS)"}.get(kind)
+
+
+def _nano(why: str) -> tuple[Preset, str]:
+    presets = all_presets()
+    if "nano-deci" not in presets:
+        raise UserError(f"auto: {why}, and the offline nano-deci model is not built yet (no data/nano-deci)")
+    return presets["nano-deci"], f"auto: {why}, so the offline nano model"
+
+
+def _decide_auto(device: str) -> tuple[Preset, str]:
+    gpu = _gpu_name(device)
+    if gpu is None:
+        return _nano(f"no GPU ({device})")
+    pair = [get_preset(name) for name in REAL_PAIR]
+    if not any(hub.missing_files(p) for p in pair):
+        return pair[0], f"auto: {gpu}, and every file of {' and '.join(REAL_PAIR)} is in the local cache"
+    if hub.offline_by_env():
+        return _nano(f"{gpu}, but HF_HUB_OFFLINE is set and the local cache lacks {' or '.join(REAL_PAIR)}")
+    cause = hub.probe(pair[0])
+    if cause:
+        return _nano(f"{gpu}, but {cause}")
+    try:
+        for preset in pair:
+            hub.ensure_snapshot(preset)
+    except hub.HubError as err:
+        return _nano(f"{gpu}, but {err}")
+    return pair[0], f"auto: {gpu} and the Hugging Face hub (pinned revisions downloaded)"
+
+
 def resolve_preset(name: str = "auto", device: str | None = None) -> tuple[Preset, str]:
     """Turn a preset name (or `auto`, or $DECIDIFF_LAB_PRESET) into a preset and the reason."""
     if name in (None, "", "auto"):
         name = os.environ.get("DECIDIFF_LAB_PRESET", "auto")
     if name != "auto":
         return get_preset(name), f"asked for {name!r}"
-    device = device or default_device()
-    if device == "cuda" and hub_reachable():
-        return get_preset("deci-v2"), "auto: a GPU and the Hugging Face hub are available"
-    why = "no GPU" if device != "cuda" else "the hub is unreachable or HF_HUB_OFFLINE is set"
-    presets = all_presets()
-    if "nano-deci" not in presets:
-        raise UserError(f"auto: {why}, and the offline nano-deci model is not built yet (no data/nano-deci)")
-    return presets["nano-deci"], f"auto: {why}, so the offline nano model"
+    kind = torch.device(device or default_device()).type
+    if kind not in _AUTO:
+        _AUTO[kind] = _decide_auto(device or default_device())
+    return _AUTO[kind]
 
 
 # The seed's own demo prompts (real models), and their nano counterparts: one shape, a place,
@@ -93,12 +97,6 @@ def comparison_pair(preset: str = "auto", device: str | None = None) -> tuple[Pr
 
 def demo_prompts(preset: Preset) -> list[str]:
     return NANO_PROMPTS if preset.is_nano else SEED_PROMPTS
-
-
-def _hub_kwargs(preset: Preset, revision: str | None) -> dict:
-    if preset.is_nano:
-        return {}
-    return {"revision": revision or preset.revision, "local_files_only": hub_offline_by_env()}
 
 
 def resolved_commit(model) -> str | None:
@@ -146,8 +144,36 @@ def _safetensors_size(file: Path) -> int:
     return 8 + length + max(ends, default=0)
 
 
+def make_sampler(preset: Preset, repo_scheduler):
+    """The sampler `preset` runs, built from the scheduler its folder ships."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    if preset.sampler == "squeezed-dpm++":
+        return SqueezedDPMSolverMultistepScheduler(squeeze_mode="10,6")  # Deci's class defaults
+    if preset.sampler == "dpm++":
+        return DPMSolverMultistepScheduler.from_config(repo_scheduler.config)
+    return repo_scheduler
+
+
+def sampler_line(pipe, preset: Preset) -> str:
+    name = type(pipe.scheduler).__name__
+    if isinstance(pipe.scheduler, SqueezedDPMSolverMultistepScheduler) and pipe.scheduler.config.squeeze_mode:
+        return f"{name} {pipe.scheduler.config.squeeze_mode!r}, {preset.default_steps} steps"
+    return f"{name}, {preset.default_steps} steps"
+
+
+def _weights_folder(preset: Preset) -> Path:
+    """Where `preset`'s files are on this machine: its data/ folder, or the pinned hub snapshot."""
+    if not preset.is_nano:
+        return hub.ensure_snapshot(preset)
+    folder = Path(preset.local_dir)
+    if not (folder / "model_index.json").is_file():
+        raise UserError(f"{folder} is not a diffusers pipeline folder (no model_index.json)")
+    return folder
+
+
 def load_pipeline(preset: str | Preset = "auto", device: str | None = None, dtype: torch.dtype | None = None,
-                  revision: str | None = None, verbose: bool = True, why: str | None = None):
+                  verbose: bool = True, why: str | None = None):
     """Load a preset into a `StableDiffusionPipeline` on `device` (default: the best available).
 
     `why` is the reason printed for a preset chosen elsewhere (e.g. by `comparison_pair`).
@@ -160,34 +186,35 @@ def load_pipeline(preset: str | Preset = "auto", device: str | None = None, dtyp
     else:
         preset, why = resolve_preset(preset, device)
     dtype = dtype or default_dtype(device)
-    source = str(preset.local_dir) if preset.is_nano else preset.repo_id
-    kwargs = dict(use_safetensors=True, torch_dtype=dtype, **_hub_kwargs(preset, revision))
+    folder = _weights_folder(preset)
+    verify_weights(folder, ("vae", "text_encoder", preset.unet_subfolder))
+    kwargs = dict(use_safetensors=True, torch_dtype=dtype, variant="fp16" if preset.fp16_variant else None)
     unet_cls = FlexibleUNet2DConditionModel if preset.flexible_unet else UNet2DConditionModel
-    if preset.is_nano or Path(source).is_dir():
-        if not (Path(source) / "model_index.json").is_file():
-            raise UserError(f"{source} is not a diffusers pipeline folder (no model_index.json)")
-        verify_weights(Path(source), ("vae", "text_encoder", preset.unet_subfolder))
     try:
-        unet = unet_cls.from_pretrained(source, subfolder=preset.unet_subfolder, **kwargs)
-        # unet=None, then register: diffusers' type check on passed components cannot handle
-        # a class from outside its known libraries (ours), even a UNet2DConditionModel subclass.
-        pipe = StableDiffusionPipeline.from_pretrained(
-            source, unet=None, safety_checker=None, feature_extractor=None,
-            requires_safety_checker=False, **kwargs,
-        )
-        pipe.register_modules(unet=unet)
-    except OSError as err:
-        hint = (f"run `decidiff-lab fetch {preset.name}` where the hub is reachable"
-                if not preset.is_nano else "rebuild it with `decidiff-lab train-nano`")
-        raise UserError(f"cannot load preset {preset.name!r} from {source}: {str(err).splitlines()[0]} ({hint})") from None
+        unet = unet_cls.from_pretrained(folder, subfolder=preset.unet_subfolder, **kwargs)
+        # The other components through the pipeline's own loader (unet=None skips the repo's `unet/`,
+        # Deci's unused 3.4 GB one), then a pipeline *constructed* with its U-Net: registering one
+        # afterwards leaves diffusers' cached sample-size check wrong, and `pipe(prompt)` crashes.
+        parts = StableDiffusionPipeline.from_pretrained(
+            folder, unet=None, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            **kwargs).components
+    except (OSError, ValueError) as err:
+        hint = ("rebuild it with `decidiff-lab train-nano`" if preset.is_nano
+                else f"delete {folder} and run `decidiff-lab fetch {preset.name}` again")
+        raise UserError(f"cannot load preset {preset.name!r} from {folder}: {str(err).splitlines()[0]} ({hint})") from None
+    parts.update(unet=unet, scheduler=make_sampler(preset, parts["scheduler"]))
+    pipe = StableDiffusionPipeline(**{k: parts.get(k) for k in (
+        "vae", "text_encoder", "tokenizer", "unet", "scheduler", "safety_checker", "feature_extractor")},
+        requires_safety_checker=False)
     place(pipe, device, verbose)
     pipe.set_progress_bar_config(leave=False)
     if verbose:
         commit = resolved_commit(unet)
-        where = f"{source}@{commit[:10]}" if commit else source
+        where = f"{preset.repo_id}@{commit[:10]}" if commit else str(folder)
         if preset.is_nano:  # relative, so printed output is the same on every machine
             where = f"data/{preset.local_dir.name}"
-        print(f"Using {preset.name} ({where}) on {device}, {str(dtype).replace('torch.', '')}: {why}")
+        print(f"Using {preset.name} ({where}) on {device}, {str(dtype).replace('torch.', '')}, "
+              f"sampler {sampler_line(pipe, preset)}: {why}")
     return pipe
 
 

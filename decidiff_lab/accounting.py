@@ -7,6 +7,8 @@ DeciDiffusion and SD 1.5 exactly.
 
 from __future__ import annotations
 
+import json
+
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch.utils.flop_counter import FlopCounterMode
@@ -18,6 +20,30 @@ from .presets import Preset, get_preset
 
 def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+# safetensors' names for the dtypes a checkpoint is saved in.
+_SAFETENSORS_DTYPES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32"}
+
+
+def safetensors_nbytes(module: torch.nn.Module, dtype=torch.float16) -> int:
+    """The exact size of the file diffusers' `save_pretrained` writes for `module` in `dtype`.
+
+    That is `safetensors.torch.save_file(state_dict, path, metadata={"format": "pt"})`, computed
+    from names and shapes only, so it works on `meta`: 8 bytes (the header's length), a compact
+    JSON header (`__metadata__` first, then the tensors sorted by name, all of one dtype here)
+    padded with spaces to a multiple of 8, then the raw data.
+    """
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    header = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, tensor in sorted(module.state_dict().items()):
+        size = tensor.numel() * itemsize
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    length = len(json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode())
+    return 8 + -(-length // 8) * 8 + offset
 
 
 def build_unet(config: dict, device="meta") -> UNet2DConditionModel:
@@ -109,6 +135,7 @@ def architecture_summary(preset: str | Preset, resolution: int = 512) -> dict:
     summary = {name: count_parameters(m) for name, m in components.items()}
     summary["total"] = sum(summary.values())
     summary["unet_gflops_per_step"] = unet_flops(components["unet"], resolution) / 1e9
+    summary["unet_fp16_safetensors_bytes"] = safetensors_nbytes(components["unet"])
     summary["resolution"] = resolution
     summary["unet_is_reconstruction"] = preset.reconstruction
     return summary

@@ -3,11 +3,10 @@
 Everything here is a plain dict, so the accounting module can build the models on the
 `meta` device (no weights allocated) and notebooks can print and edit them.
 
-The SD 1.5 dicts are the published `config.json` values (stable-diffusion-v1-5). Deci's exact
-NAS configs are not public in text form; `DECI_V1_RECONSTRUCTION` and
-`DECI_V2_RECONSTRUCTION` are *our reconstructions*: SD 1.5's channels with fewer ResNets
-and attentions where they cost the most FLOPs, sized to match the published U-Net totals
-(814,746,884 parameters for v1, ~525 M for v2). They are labelled as such wherever shown.
+The SD 1.5 dicts are the published `config.json` values (stable-diffusion-v1-5). `DECI_V1` is
+DeciDiffusion 1.0's *published* U-Net-NAS, the `configurations` of its `flexible_unet/config.json`
+(814,746,884 parameters). DeciDiffusion 2.0's config is not public: `DECI_V2_RECONSTRUCTION` is
+*our labelled reconstruction*, on v1's shape, sized to the byte count of v2's checkpoint.
 """
 
 from __future__ import annotations
@@ -91,15 +90,32 @@ def flexible_config(
 # SD 1.5 is one point of the search space: same parameter count (859,520,964) as its U-Net.
 SD15_AS_FLEXIBLE = flexible_config()
 
-# Reconstruction (not Deci's config): SD's ResNets, but attention thinned where it costs most:
-# one instead of two (down) or three (up) at 64x64, where self-attention is quadratic in
-# 4,096 tokens, and one fewer in the 16x16 up block. 814,575,044 params (published: 814,746,884).
-DECI_V1_RECONSTRUCTION = flexible_config(
-    down_resnets=(2, 2, 2, 2), down_attentions=(1, 2, 2, 0), up_attentions=(0, 2, 3, 0),
-)
+# DeciDiffusion 1.0's published U-Net-NAS: the `configurations` entry of Deci/DeciDiffusion-v1-0's
+# flexible_unet/config.json, as it is. Three levels (64 -> 32 -> 16 -> 8 latent cells), no attention at
+# 64x64, the mid block at 8x8 with an upsampler: 814,746,884 parameters.
+DECI_V1 = {
+    "sample_size": 64, "cross_attention_dim": 768, "num_attention_heads": 8, "temb_dim": 1280,
+    "resnet_eps": 1e-05, "resnet_act_fn": "silu", "mix_block_in_forward": True,
+    "down_blocks_in_channels": [320, 320, 640], "down_blocks_out_channels": [320, 640, 1280],
+    "down_blocks_num_resnets": [2, 2, 1], "down_blocks_num_attentions": [0, 1, 3],
+    "add_downsample": [True, True, True],
+    "mid_num_resnets": 4, "mid_num_attentions": 2, "add_upsample_mid_block": True,
+    "prev_output_channels": [1280, 1280, 640], "up_blocks_num_resnets": [2, 3, 3],
+    "up_blocks_num_attentions": [6, 3, 0], "add_upsample": [True, True, False],
+}
 
-# Reconstruction (not Deci's config): v2's smaller U-Net: one ResNet per down block (so two
-# per up block), one attention each at 32x32 and 16x16 only. 527,796,804 params (published: ~525 M).
-DECI_V2_RECONSTRUCTION = flexible_config(
-    down_resnets=(1, 1, 1, 1), down_attentions=(0, 1, 1, 0), up_attentions=(0, 1, 1, 0),
-)
+# Reconstruction (not Deci's config): v2's is not public, but its fp16 checkpoint
+# (flexible_unet/diffusion_pytorch_model.safetensors) is exactly 1,050,614,888 bytes, which pins the
+# parameter count to 525.27-525.29 M. Held to v1: the three levels, channels, every down block
+# downsampling, the mid block at 8x8 with its upsampler, prev_output_channels. Searched: down ResNets
+# 1-4, mid ResNets 0-7 (up ResNets follow: one per skip), 0-8 attentions per block, either
+# mix_block_in_forward. No config of that space hits the size exactly; this is the closest in the
+# parameter bound: 525,279,044 params, 1,050,613,160 bytes (1,728 short), 669.8 GFLOPs/step at 512 px;
+# with SD's VAE and CLIP, 731,993,387 in all (the card: 732 M). A byte count fixes the size, not the
+# layout: it says nothing about where modules sit or what a step costs.
+DECI_V2_RECONSTRUCTION = {
+    **DECI_V1,
+    "down_blocks_num_resnets": [4, 3, 1], "down_blocks_num_attentions": [0, 3, 0],
+    "mid_num_resnets": 6, "mid_num_attentions": 0,
+    "up_blocks_num_resnets": [2, 4, 5], "up_blocks_num_attentions": [0, 0, 3],
+}

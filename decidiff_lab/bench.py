@@ -16,14 +16,19 @@ import torch
 
 from .accounting import unet_flops
 from .generate import generate, squeezed_schedule
+from .memory import default_dtype
 from .schedulers import SqueezedDPMSolverMultistepScheduler
 
 PROMPT = "a blue square to the left of a green triangle"
 
 
 def _sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
+    """Wait for the device's queued work, so a timer measures it and not its launch."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps" and hasattr(torch.mps, "synchronize"):
+        torch.mps.synchronize()
 
 
 def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, device="cpu") -> dict:
@@ -40,8 +45,18 @@ def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, devic
     return {"median": statistics.median(samples), "min": min(samples), "max": max(samples), "samples": samples}
 
 
-def matmul_peak_gflops(device="cpu", dtype=torch.float32, n: int = 1024, repeats: int = 5) -> float:
-    """This machine's own matmul throughput: the ceiling for the U-Net's achieved FLOP/s."""
+# Matmul sizes that reach a device's peak: a GPU's tensor cores are far from full at 1024.
+PEAK_MATMUL_SIZE = {"cuda": 8192, "mps": 4096}
+
+
+def matmul_peak_gflops(device="cpu", dtype: torch.dtype | None = None, n: int | None = None,
+                       repeats: int = 5) -> float:
+    """This machine's own matmul throughput: the ceiling for the U-Net's achieved FLOP/s.
+
+    Pass the U-Net's dtype (default: the one pipelines load in on `device`, fp16 on CUDA).
+    """
+    dtype = dtype or default_dtype(device)
+    n = n or PEAK_MATMUL_SIZE.get(torch.device(device).type, 1024)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     best = time_call(lambda: a @ b, repeats=repeats, warmup=2, device=device)["min"]
@@ -50,7 +65,7 @@ def matmul_peak_gflops(device="cpu", dtype=torch.float32, n: int = 1024, repeats
 
 def peak_memory_bytes(device="cpu") -> int:
     if torch.device(device).type == "cuda":
-        return int(torch.cuda.max_memory_allocated())
+        return int(torch.cuda.max_memory_allocated(device))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # process peak: KiB on Linux, bytes on macOS
     return int(rss if sys.platform == "darwin" else rss * 1024)
 
@@ -66,7 +81,7 @@ def _set_steps(scheduler, steps: int, device=None) -> None:
 def component_times(pipe, steps: int, repeats: int = 5, warmup: int = 1, prompt: str = PROMPT) -> dict:
     """Seconds for each part of one image: text encoding, a U-Net step with and without the CFG
     batch, a scheduler step, the VAE decode."""
-    device = pipe.device
+    device = pipe._execution_device  # where an offloaded pipeline runs (its `device` says cpu)
     side = pipe.unet.config.sample_size
     latents = torch.randn(1, pipe.unet.config.in_channels, side, side, device=device, dtype=pipe.unet.dtype)
     text, negative = pipe.encode_prompt(prompt, device, 1, True)
@@ -97,7 +112,8 @@ def harness_overhead_seconds(device="cpu", repeats: int = 1000) -> float:
 
 
 def bench_pipeline(pipe, preset: str, steps: int, repeats: int = 5, warmup: int = 1, guidance_scale: float = 5.0,
-                   usd_per_hour: float | None = None, peak_gflops: float | None = None, prompt: str = PROMPT) -> dict:
+                   guidance_rescale: float = 0.0, usd_per_hour: float | None = None, peak_gflops: float | None = None,
+                   prompt: str = PROMPT) -> dict:
     """One record: whole-call latency (median/spread), its parts, memory, FLOPs, FLOP/s, cost.
 
     `peak_gflops`: pass one `matmul_peak_gflops()` measured once, so every record of a run is
@@ -107,13 +123,14 @@ def bench_pipeline(pipe, preset: str, steps: int, repeats: int = 5, warmup: int 
         raise ValueError(f"steps must be a positive integer (got {steps!r})")
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1 (got {repeats!r})")
-    device = pipe.device
+    device = pipe._execution_device  # where an offloaded pipeline runs (its `device` says cpu)
     progress = dict(getattr(pipe, "_progress_bar_config", {}))
     pipe.set_progress_bar_config(disable=True)
     if torch.device(device).type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats(device)
     try:
-        whole = time_call(lambda: generate(pipe, prompt, steps=steps, guidance_scale=guidance_scale),
+        whole = time_call(lambda: generate(pipe, prompt, steps=steps, guidance_scale=guidance_scale,
+                                           guidance_rescale=guidance_rescale),
                           repeats=repeats, warmup=warmup, device=device)
         parts = component_times(pipe, steps, repeats, warmup, prompt=prompt)
     finally:

@@ -20,21 +20,33 @@ class _Parser(argparse.ArgumentParser):
 
 def _arch(args) -> None:
     from .accounting import architecture_summary
+    from .presets import get_preset
 
     results = {name: architecture_summary(name, args.resolution) for name in args.presets}
     if args.json:
         print(json.dumps(results, indent=2))
         return
     print(f"{'preset':10s} {'unet':>13s} {'vae':>12s} {'text_encoder':>13s} {'total':>15s} "
-          f"{'GFLOPs/step':>12s}  (U-Net at {args.resolution}px, batch 1)")
+          f"{'GFLOPs/step':>12s} {'U-Net fp16 bytes':>17s}  (U-Net at {args.resolution}px, batch 1)")
     for name, r in results.items():
-        note = "  U-Net config: our reconstruction" if r["unet_is_reconstruction"] else ""
+        if r["unet_is_reconstruction"]:
+            note = "  U-Net config: our reconstruction"
+        else:  # nano configs ship in data/; hub configs are the published ones
+            note = "" if get_preset(name).is_nano else "  U-Net config: published"
         print(f"{name:10s} {r['unet']:13,d} {r['vae']:12,d} {r['text_encoder']:13,d} {r['total']:15,d} "
-              f"{r['unet_gflops_per_step']:12.1f}{note}")
+              f"{r['unet_gflops_per_step']:12.1f} {r['unet_fp16_safetensors_bytes']:17,d}{note}")
 
 
 def _doctor(args) -> None:
-    from .doctor import format_report, report
+    from .doctor import format_report, report, smoke_preset
+
+    if args.smoke:
+        results = [smoke_preset(name.strip()) for name in args.smoke.split(",")]
+        for _, line in results:
+            print(line, flush=True)
+        if not all(ok for ok, _ in results):
+            raise UserError("smoke test failed: see the FAILED line(s) above")
+        return
 
     info = report()
     print(json.dumps(info, indent=2) if args.json else format_report(info))
@@ -59,17 +71,17 @@ def _generate(args) -> None:
     out = Path(args.out)
     _check_out_path(out)  # fail before minutes of loading, not after
     preset, why = resolve_preset(args.preset)
-    steps = preset.default_steps if args.steps is None else args.steps
-    guidance = preset.default_guidance if args.guidance is None else args.guidance
-    check_generation_args(steps, 8 if args.height is None else args.height, 8 if args.width is None else args.width,
-                          args.num_images)
-    check_guidance(guidance)
-    pipe = load_pipeline(preset, verbose=False)
-    print(f"preset {preset.name} ({why}); {steps} steps, guidance {guidance}, seed {args.seed}")
+    sampling = dict(preset.sampling)
+    sampling.update({k: v for k, v in (("steps", args.steps), ("guidance_scale", args.guidance)) if v is not None})
+    check_generation_args(sampling["steps"], 8 if args.height is None else args.height,
+                          8 if args.width is None else args.width, args.num_images)
+    check_guidance(sampling["guidance_scale"], sampling["guidance_rescale"])
+    pipe = load_pipeline(preset, verbose=False, why=why)
+    print(f"preset {preset.name} ({why}); {sampling['steps']} steps, guidance {sampling['guidance_scale']} "
+          f"(rescale {sampling['guidance_rescale']}), sampler {type(pipe.scheduler).__name__}, seed {args.seed}")
     start = time.perf_counter()
-    images = generate(pipe, args.prompt, steps=steps, guidance_scale=guidance,
-                      guidance_rescale=preset.guidance_rescale, seed=args.seed, height=args.height,
-                      width=args.width, num_images=args.num_images)
+    images = generate(pipe, args.prompt, **sampling, seed=args.seed, height=args.height, width=args.width,
+                      num_images=args.num_images)
     seconds = time.perf_counter() - start
     tmp = out.with_name(f".{out.name}.partial")
     Image.fromarray(image_grid(images) if len(images) > 1 else images[0]).save(tmp, format="PNG")
@@ -119,7 +131,7 @@ def _bench(args) -> None:
     steps_list = _int_list(args.steps)
     device = args.device or default_device()
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(args.dtype)
-    peak = matmul_peak_gflops(device, dtype or torch.float32)
+    peak = matmul_peak_gflops(device, dtype)  # None: the dtype pipelines load in on this device
     records = []
     for name in args.presets.split(","):
         preset = get_preset(name.strip())
@@ -132,7 +144,8 @@ def _bench(args) -> None:
             pipe.unet = torch.compile(pipe.unet)
         for steps in steps_list:
             record = bench_pipeline(pipe, preset.name, steps, repeats=args.repeats, warmup=args.warmup,
-                                    guidance_scale=preset.default_guidance, usd_per_hour=args.usd_per_hour,
+                                    guidance_scale=preset.default_guidance, guidance_rescale=preset.guidance_rescale,
+                                    usd_per_hour=args.usd_per_hour,
                                     peak_gflops=peak)
             records.append(record)
             print(f"{preset.name:10s} {steps:3d} steps: {record['seconds_per_image']:.3f} s/image "
@@ -180,8 +193,8 @@ def _fetch(args) -> None:
     from .fetch import fetch
 
     for name in args.presets:
-        path, size = fetch(name, cache_dir=args.cache_dir)
-        print(f"{name}: {size / 2**30:.2f} GiB in {path} (commit {path.name}; pin it in presets.REVISIONS)")
+        path, size = fetch(name)
+        print(f"{name}: {size / 2**30:.2f} GiB in {path} (pinned commit {path.name})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -244,11 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     fetch = sub.add_parser("fetch", help="pre-download real presets' pinned weights (once per workshop)")
     fetch.add_argument("presets", nargs="+", help="e.g. deci-v2 sd15")
-    fetch.add_argument("--cache-dir", default=None, help="default: the Hugging Face cache (HF_HOME)")
     fetch.set_defaults(run=_fetch)
 
     doctor = sub.add_parser("doctor", help="versions, device, hub reachability, locally available presets")
     doctor.add_argument("--json", action="store_true")
+    doctor.add_argument("--smoke", nargs="?", const="deci-v2,deci-v1,sd15", default=None, metavar="PRESETS",
+                        help="instructors, on a GPU with the hub: load the pinned real presets, check the U-Net "
+                             "against its checkpoint, generate one image each (default: deci-v2,deci-v1,sd15)")
     doctor.set_defaults(run=_doctor)
     return parser
 

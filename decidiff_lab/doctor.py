@@ -49,3 +49,59 @@ def format_report(info: dict) -> str:
     for name, ok in info["presets_local"].items():
         lines.append(f"{'preset ' + name:18s} {'available locally' if ok else 'not cached (decidiff-lab fetch ' + name + ')'}")
     return "\n".join(lines)
+
+
+# --- `decidiff-lab doctor --smoke`: an instructor's check of the real weights on a GPU -------------------
+
+PUBLISHED_UNET_BYTES = {"deci-v2": 1_050_614_888}  # FACTS.md: v2's flexible_unet safetensors, exactly
+
+
+def checkpoint_tensors(file) -> dict[str, int]:
+    """Tensor name -> element count, read from a safetensors header (no weights loaded)."""
+    import json
+    import math
+    import struct
+
+    with open(file, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+    return {k: math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+
+
+def smoke_preset(name: str, device: str | None = None, prompt: str = "A photo of an astronaut riding a horse on Mars"):
+    """Load `name`, check its U-Net against its checkpoint, generate one image: (ok, one-line report)."""
+    import numpy as np
+
+    from .generate import generate
+    from .loading import load_pipeline
+    from .presets import get_preset
+
+    preset = get_preset(name)
+    start = time.perf_counter()
+    pipe = load_pipeline(preset, device=device, verbose=False)
+    loaded = time.perf_counter() - start
+    file = next((hub.snapshot_dir(preset) if not preset.is_nano else preset.local_dir).joinpath(
+        preset.unet_subfolder).glob("*.safetensors"))
+    stored = checkpoint_tensors(file)
+    model = {k: v.numel() for k, v in pipe.unet.state_dict().items()}
+    missing, unexpected = sorted(set(model) - set(stored)), sorted(set(stored) - set(model))
+    params = sum(p.numel() for p in pipe.unet.parameters())
+    checks = {"keys": not missing and not unexpected, "params": params == sum(stored.values())}
+    size = file.stat().st_size
+    published = PUBLISHED_UNET_BYTES.get(name)
+    if published:
+        checks["bytes"] = size == published
+    start = time.perf_counter()
+    image = generate(pipe, prompt, **preset.sampling, seed=0)[0]
+    seconds = time.perf_counter() - start
+    checks["image"] = bool(np.isfinite(image).all() and image.std() > 2 and image.max() > 16)
+    side = image.shape[0]
+    line = (f"{name}: loaded in {loaded:.1f} s; U-Net keys {len(missing)} missing / {len(unexpected)} unexpected; "
+            f"{params:,} params vs the checkpoint's {sum(stored.values()):,}; {file.name} {size:,} bytes"
+            + (f" (published: {published:,})" if published else "")
+            + f"; {side}x{side} image in {seconds:.1f} s ({preset.default_steps} steps), pixel std {image.std():.1f}"
+            + f": {'OK' if all(checks.values()) else 'FAILED ' + ', '.join(k for k, ok in checks.items() if not ok)}")
+    del pipe
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return all(checks.values()), line

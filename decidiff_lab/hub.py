@@ -63,16 +63,30 @@ def missing_files(preset: Preset) -> list[str]:
     return [name for name in needed_files(preset) if not (folder / name).is_file()]
 
 
+def _http_status(err: BaseException) -> tuple[int | None, BaseException]:
+    """The HTTP status behind `err` and the error carrying it: huggingface_hub often re-raises an HTTP
+    failure as a cache miss (`LocalEntryNotFoundError`) with the response only on its cause."""
+    seen = err
+    while seen is not None:
+        status = getattr(getattr(seen, "response", None), "status_code", None)
+        if status is not None:
+            return status, seen
+        seen = seen.__cause__ or seen.__context__
+    return None, err
+
+
 def describe(err: BaseException) -> str:
     """One line for a hub failure: what happened, in words a learner can act on."""
-    status = getattr(getattr(err, "response", None), "status_code", None)
+    status, carrier = _http_status(err)
     if status in (401, 403):
         return (f"the hub refused access (HTTP {status}: a gated or private repo, or a bad token; "
                 "log in with `hf auth login` or accept the model's licence on its page)")
     if status == 404:
-        return f"the hub has no such repo, revision or file (HTTP 404: {str(err).splitlines()[0][:120]})"
+        code = (getattr(getattr(carrier, "response", None), "headers", None) or {}).get("X-Error-Code")
+        what = {"RepoNotFound": "repo", "RevisionNotFound": "revision", "EntryNotFound": "file"}.get(code, "repo, revision or file")
+        return f"the hub has no such {what} (HTTP 404; the pinned revisions are in decidiff_lab/presets.py)"
     if status == 429:
-        return f"the hub is rate-limiting this network (HTTP 429 after {RETRIES} tries with backoff)"
+        return "the hub is rate-limiting this network (HTTP 429)"
     if status is not None:
         return f"the hub answered HTTP {status}"
     name = type(err).__name__
@@ -89,14 +103,23 @@ def _with_retries(call, what: str, sleep=time.sleep):
         try:
             return call()
         except Exception as err:  # huggingface_hub raises httpx/requests errors of its own versions
-            status = getattr(getattr(err, "response", None), "status_code", None)
-            if status not in (429, 503) or attempt == RETRIES:
+            status, _ = _http_status(err)
+            if status not in (429, 503):
                 raise HubError(f"{what}: {describe(err)}") from None
+            if attempt == RETRIES:
+                raise HubError(f"{what}: {describe(err)} after {RETRIES} tries with backoff") from None
             wait = BACKOFF_S * 2 ** (attempt - 1)
             print(f"hub busy (HTTP {status}) on {what}: retrying in {wait:.0f} s "
                   f"(attempt {attempt + 1}/{RETRIES})", flush=True)
             sleep(wait)
     raise AssertionError("unreachable")
+
+
+def _sync_offline_flag() -> None:
+    """huggingface_hub reads HF_HUB_OFFLINE once, at import: follow the environment as it is now."""
+    from huggingface_hub import constants
+
+    constants.HF_HUB_OFFLINE = offline_by_env()
 
 
 def ensure_snapshot(preset: Preset, sleep=time.sleep) -> Path:
@@ -110,6 +133,7 @@ def ensure_snapshot(preset: Preset, sleep=time.sleep) -> Path:
                        "then share its HF_HOME")
     from huggingface_hub import snapshot_download
 
+    _sync_offline_flag()
     what = f"downloading {preset.repo_id}@{preset.revision[:10]}"
     path = _with_retries(lambda: snapshot_download(
         preset.repo_id, revision=preset.revision, cache_dir=cache_dir(), allow_patterns=missing,
@@ -130,6 +154,7 @@ def probe(preset: Preset, timeout: float = 3.0) -> str | None:
         return "HF_HUB_OFFLINE is set"
     from huggingface_hub import HfApi
 
+    _sync_offline_flag()
     result: list = []
 
     def ask():

@@ -19,6 +19,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than a few seconds (deselect with -m 'not slow')")
+
+
 def tiny_flexible_config(**overrides):
     kwargs = dict(
         channels=(32, 64), down_resnets=(1, 1), down_attentions=(1, 0), up_attentions=(0, 1),
@@ -52,3 +56,23 @@ def tiny_text_encoder():
 @pytest.fixture(scope="session")
 def clip_tokenizer():
     return CLIPTokenizer.from_pretrained(data_dir() / "clip-tokenizer")
+
+
+@pytest.fixture(scope="session")
+def replica_cache(tmp_path_factory):
+    """An HF_HOME holding the replica of the real hub repos (tests/replica_hub.py), built once."""
+    import replica_hub
+
+    return replica_hub.build(tmp_path_factory.mktemp("replica-hf-home"))
+
+
+@pytest.fixture
+def replica_home(replica_cache, monkeypatch):
+    """The replica as this test's Hugging Face cache, offline, with `auto` undecided."""
+    from decidiff_lab import loading
+
+    monkeypatch.setenv("HF_HOME", str(replica_cache))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(loading, "_AUTO", {})
+    return replica_cache

@@ -1,14 +1,16 @@
 import pytest
+import safetensors.torch
 import torch
 from diffusers import UNet2DConditionModel
 
 from decidiff_lab import architectures as arch
 from decidiff_lab.accounting import (architecture_summary, build_components, build_unet, count_parameters,
-                                     unet_block_table, unet_flops)
+                                     safetensors_nbytes, unet_block_table, unet_flops)
 from decidiff_lab.flexible_unet import FlexibleUNet2DConditionModel
 from conftest import tiny_flexible_config
 
 SD15 = {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}
+V2_CHECKPOINT_BYTES = 1_050_614_888  # Deci/DeciDiffusion-v2-0 flexible_unet/diffusion_pytorch_model.safetensors
 
 
 def test_sd15_published_counts_exactly():
@@ -24,11 +26,40 @@ def test_sd15_is_a_point_of_the_nas_search_space():
     assert count_parameters(unet) == SD15["unet"]
 
 
-@pytest.mark.parametrize("preset, published", [("deci-v1", 814_746_884), ("deci-v2", 525_000_000)])
-def test_deci_reconstructions_within_one_percent(preset, published):
-    summary = architecture_summary(preset)
+def test_deci_v1_is_the_published_config():
+    unet = build_unet(arch.DECI_V1)
+    assert count_parameters(unet) == 814_746_884
+    assert len(unet.state_dict()) == 612
+    assert round(unet_flops(unet) / 1e9, 1) == 614.3
+    assert not architecture_summary("deci-v1")["unet_is_reconstruction"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.bfloat16])
+def test_safetensors_nbytes_is_the_size_save_file_writes(dtype, tmp_path, tiny_vae, tiny_text_encoder):
+    for model in (FlexibleUNet2DConditionModel(tiny_flexible_config()), tiny_vae, tiny_text_encoder):
+        path = tmp_path / "model.safetensors"
+        state = {k: v.to(dtype).contiguous() for k, v in model.state_dict().items()}
+        safetensors.torch.save_file(state, path, metadata={"format": "pt"})  # as save_pretrained does
+        assert safetensors_nbytes(model, dtype) == path.stat().st_size
+
+
+def test_safetensors_nbytes_on_meta_matches_save_pretrained(tmp_path):
+    torch.manual_seed(0)
+    real = FlexibleUNet2DConditionModel(tiny_flexible_config()).half()
+    real.save_pretrained(tmp_path)
+    size = (tmp_path / "diffusion_pytorch_model.safetensors").stat().st_size
+    assert safetensors_nbytes(build_unet(tiny_flexible_config())) == size
+
+
+def test_deci_v2_reconstruction_fits_the_checkpoint_size():
+    summary = architecture_summary("deci-v2")
     assert summary["unet_is_reconstruction"]
-    assert abs(summary["unet"] - published) / published < 0.01
+    assert 525.27e6 <= summary["unet"] <= 525.29e6  # the bound the checkpoint's size gives
+    nbytes = summary["unet_fp16_safetensors_bytes"]
+    print(f"v2 reconstruction: {nbytes:,} bytes vs the checkpoint's {V2_CHECKPOINT_BYTES:,}")
+    # No config of the searched space hits the size exactly; this one is 1,728 bytes short.
+    assert 0 < V2_CHECKPOINT_BYTES - nbytes < 2_000
+    assert 30_000 < nbytes - 8 - 2 * summary["unet"] < 80_000  # the JSON header
     assert summary["unet_gflops_per_step"] < architecture_summary("sd15")["unet_gflops_per_step"]
 
 

@@ -8,8 +8,8 @@ from decidiff_lab import hub, loading
 CAUSES = {
     "gated": "the hub refused access (HTTP 401: a gated or private repo",
     "forbidden": "the hub refused access (HTTP 403",
-    "missing": "the hub has no such repo, revision or file (HTTP 404",
-    "rate-limited": "the hub is rate-limiting this network (HTTP 429 after 5 tries with backoff)",
+    "missing": "the hub has no such revision (HTTP 404",
+    "rate-limited": "the hub is rate-limiting this network (HTTP 429) after 5 tries with backoff",
     "unreachable": "the hub is unreachable (ConnectError",
     "timeout": "the hub did not answer in time (timeout)",
 }

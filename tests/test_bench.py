@@ -39,6 +39,40 @@ def test_matmul_peak_is_a_positive_rate():
     assert bench.matmul_peak_gflops(n=64, repeats=2) > 0
 
 
+def _record_syncs(monkeypatch):
+    calls = []
+    monkeypatch.setattr(bench.torch.cuda, "synchronize", lambda device=None: calls.append(("cuda", device)))
+    monkeypatch.setattr(bench.torch.mps, "synchronize", lambda: calls.append(("mps", None)))
+    return calls
+
+
+def test_sync_waits_for_the_gpu_that_is_timed(monkeypatch):
+    calls = _record_syncs(monkeypatch)
+    bench._sync("cuda:1")
+    bench._sync(torch.device("mps"))
+    bench._sync("cpu")
+    assert calls == [("cuda", torch.device("cuda:1")), ("mps", None)]
+
+
+@pytest.mark.parametrize("device, n, dtype", [("cpu", 1024, torch.float32), ("cuda:1", 8192, torch.float16),
+                                              ("mps", 4096, torch.float32)])
+def test_matmul_peak_is_measured_at_a_size_that_fills_the_device(monkeypatch, device, n, dtype):
+    _record_syncs(monkeypatch)
+    made = []
+    monkeypatch.setattr(bench.torch, "randn", lambda *shape, device, dtype: made.append((shape, device, dtype))
+                        or torch.zeros(2, 2))
+    bench.matmul_peak_gflops(device, None if device != "mps" else torch.float32, repeats=1)
+    assert made == [((n, n), device, dtype)] * 2  # default dtype: the one pipelines load in there
+
+
+def test_an_offloaded_pipeline_is_timed_where_it_runs(tiny_pipe, monkeypatch):
+    # With model CPU offload `pipe.device` reports where the weights wait, not where they run.
+    monkeypatch.setattr(type(tiny_pipe), "device", property(lambda self: torch.device("meta")))
+    monkeypatch.setattr(type(tiny_pipe), "_execution_device", property(lambda self: torch.device("cpu")))
+    record = bench.bench_pipeline(tiny_pipe, "tiny", steps=2, repeats=1, warmup=0, peak_gflops=100.0)
+    assert record["device"] == "cpu" and record["unet_seconds_per_step"] > 0
+
+
 def test_bench_record_has_every_field_and_consistent_arithmetic(tiny_pipe):
     tiny_pipe.set_progress_bar_config(leave=False)
     record = bench.bench_pipeline(tiny_pipe, "tiny", steps=2, repeats=2, warmup=1, usd_per_hour=3.6,

@@ -126,3 +126,16 @@ def test_offline_without_a_cache_names_the_fetch_command(tmp_path, monkeypatch):
 def test_fp16_on_the_replica_keeps_every_component_in_one_dtype(replica_home):
     pipe = loading.load_pipeline("sd15", device="cpu", dtype=torch.bfloat16, verbose=False)
     assert {pipe.unet.dtype, pipe.vae.dtype, pipe.text_encoder.dtype} == {torch.bfloat16}
+
+
+def test_doctor_smoke_checks_keys_params_bytes_and_the_image(replica_home, monkeypatch, capsys):
+    from decidiff_lab import doctor
+    from decidiff_lab.cli import main
+
+    ok, line = doctor.smoke_preset("deci-v2", device="cpu")
+    assert not ok and line.endswith("FAILED bytes")  # the replica is not the published 1,050,614,888-byte file
+    assert "U-Net keys 0 missing / 0 unexpected" in line and "512x512 image" in line
+    size = (hub.snapshot_dir(get_preset("deci-v2")) / "flexible_unet" / "diffusion_pytorch_model.safetensors").stat().st_size
+    monkeypatch.setitem(doctor.PUBLISHED_UNET_BYTES, "deci-v2", size)
+    assert main(["doctor", "--smoke", "deci-v2"]) == 0
+    assert capsys.readouterr().out.strip().endswith(": OK")

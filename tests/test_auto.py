@@ -47,6 +47,19 @@ def hub_state(monkeypatch):
 
 GPUS = {"cuda": "a CUDA GPU (cuda)", "cuda:1": "a CUDA GPU (cuda:1)", "mps": "an Apple GPU (MPS)"}
 
+# hub state -> (preset auto picks on a GPU, its reason after "auto: <the GPU>", hub calls made)
+GPU_TABLE = {
+    "complete cache, offline": (dict(cache=True, offline=True), "deci-v2",
+                                ", and every file of deci-v2 and sd15 is in the local cache", {"probe": 0, "download": 0}),
+    "complete cache, online": (dict(cache=True), "deci-v2",
+                               ", and every file of deci-v2 and sd15 is in the local cache", {"probe": 0, "download": 0}),
+    "hub answers": (dict(), "deci-v2", " and the Hugging Face hub (pinned revisions downloaded)",
+                    {"probe": 1, "download": 2}),
+    "offline, no cache": (dict(offline=True), "nano-deci",
+                          ", but HF_HUB_OFFLINE is set and the local cache lacks deci-v2 or sd15, so the offline nano model",
+                          {"probe": 0, "download": 0}),
+}
+
 
 @pytest.mark.parametrize("device", ["cpu", "meta"])
 @pytest.mark.parametrize("cache", [True, False])
@@ -57,31 +70,14 @@ def test_no_gpu_is_always_nano_and_asks_nothing(hub_state, device, cache):
     assert calls == {"probe": 0, "download": 0}
 
 
+@pytest.mark.parametrize("state", GPU_TABLE)
 @pytest.mark.parametrize("device", GPUS)
-def test_gpu_with_a_complete_cache_is_real_even_offline(hub_state, device):
-    calls = hub_state(cache=True, offline=True)
+def test_gpu_decision_table(hub_state, device, state):
+    setting, expected, reason, expected_calls = GPU_TABLE[state]
+    calls = hub_state(**setting)
     preset, why = loading.resolve_preset("auto", device)
-    assert preset.name == "deci-v2"
-    assert why == f"auto: {GPUS[device]}, and every file of deci-v2 and sd15 is in the local cache"
-    assert calls == {"probe": 0, "download": 0}
-
-
-@pytest.mark.parametrize("device", GPUS)
-def test_gpu_and_a_hub_that_answers_downloads_both_and_is_real(hub_state, device):
-    calls = hub_state(cache=False)
-    preset, why = loading.resolve_preset("auto", device)
-    assert preset.name == "deci-v2" and why == f"auto: {GPUS[device]} and the Hugging Face hub (pinned revisions downloaded)"
-    assert calls == {"probe": 1, "download": 2}
-
-
-@pytest.mark.parametrize("device", GPUS)
-def test_gpu_offline_without_the_cache_is_nano(hub_state, device):
-    calls = hub_state(cache=False, offline=True)
-    preset, why = loading.resolve_preset("auto", device)
-    assert preset.name == "nano-deci"
-    assert why == (f"auto: {GPUS[device]}, but HF_HUB_OFFLINE is set and the local cache lacks deci-v2 or sd15, "
-                   "so the offline nano model")
-    assert calls == {"probe": 0, "download": 0}
+    assert (preset.name, why) == (expected, f"auto: {GPUS[device]}{reason}")
+    assert calls == expected_calls
 
 
 @pytest.mark.parametrize("cause", CAUSES.values(), ids=CAUSES)

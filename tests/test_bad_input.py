@@ -47,7 +47,7 @@ CLI_CASES = [
     (["evaluate", "--guidance", "2,-1"], "guidance_scale must be a finite number >= 0"),
     (["arch", "sd15", "--resolution", "500"], "--resolution must be a positive multiple of 8 (got 500)"),
     (["arch", "turbo"], "unknown preset 'turbo'"),
-    (["fetch", "deci-v2"], "hub is unreachable"),
+    (["fetch", "deci-v2"], "HF_HUB_OFFLINE is set: run `decidiff-lab fetch` on a machine that can reach the hub"),
     (["fetch", "nano-sd"], "ships with the course in data/: nothing to fetch"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     ([], "the following arguments are required: command"),

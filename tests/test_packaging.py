@@ -15,7 +15,8 @@ def _name(requirement: str) -> str:
 
 def _pyproject_requirements() -> dict[str, str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    reqs = project["dependencies"] + project["optional-dependencies"]["test"]
+    extras = project["optional-dependencies"]
+    reqs = project["dependencies"] + extras["lab"] + extras["test"]
     return {_name(r): r.replace(" ", "") for r in reqs}
 
 
@@ -54,7 +55,7 @@ def test_ci_runs_exactly_the_readme_test_command():
 def test_makefile_pins_the_local_cpu_torch_before_the_package():
     makefile = (ROOT / "Makefile").read_text()
     assert "TORCH  ?= torch==2.13.0" in makefile
-    assert makefile.index("$(TORCH)") < makefile.index('-e ".[test]"')
+    assert makefile.index("$(TORCH)") < makefile.index('-e ".[lab,test]"')
     assert "--name decidiff-lab" in makefile
 
 

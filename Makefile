@@ -13,7 +13,7 @@ NOTEBOOKS := $(SLOWEST) $(filter-out $(SLOWEST),$(NOTEBOOKS))
 
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: lab test course setup browser clean
+.PHONY: lab test test-floor test-replica course setup browser clean
 
 setup: $(STAMP)
 
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet --no-compile $(TORCH)
-	$(PY) -m pip install --quiet --no-compile -e ".[test]"
+	$(PY) -m pip install --quiet --no-compile -e ".[lab,test]"
 	$(PY) -m ipykernel install --sys-prefix --name decidiff-lab --display-name "decidiff-lab" >/dev/null
 	touch $(STAMP)
 
@@ -43,6 +43,27 @@ test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -n 2 --dist loadscope tests
 	$(NOTEBOOK_ENV) $(PY) -m pytest -n 2 --dist loadfile --nbval $(NOTEBOOKS)
 
+# The unit tests at the minimum versions pyproject.toml declares: its `>=` floors become `name==floor`
+# constraints (scripts/floor_constraints.py writes tests/floor-constraints.txt), installed in .venv-floor,
+# rebuilt from scratch whenever pyproject.toml changes. torch stays $(TORCH): the only build on this
+# machine's disk is 2.13.0, so the floor run tests torch 2.13.0, not the declared torch>=2.1.
+FLOOR_VENV   := .venv-floor
+FLOOR_PY     := $(FLOOR_VENV)/bin/python
+FLOOR_STAMP  := $(FLOOR_VENV)/.installed
+FLOOR_CONSTR := tests/floor-constraints.txt
+$(FLOOR_STAMP): pyproject.toml scripts/floor_constraints.py
+	rm -rf $(FLOOR_VENV)
+	$(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_PY) -m pip install --quiet --upgrade pip
+	$(FLOOR_PY) scripts/floor_constraints.py pyproject.toml $(FLOOR_CONSTR)
+	$(FLOOR_PY) -m pip install --quiet --no-compile $(TORCH)
+	$(FLOOR_PY) -m pip install --quiet --no-compile -e ".[lab,test]" -c $(FLOOR_CONSTR)
+	$(FLOOR_PY) -m ipykernel install --sys-prefix --name decidiff-lab --display-name "decidiff-lab" >/dev/null
+	touch $(FLOOR_STAMP)
+
+test-floor: $(FLOOR_STAMP) browser
+	HF_HUB_OFFLINE=1 $(FLOOR_PY) -m pytest -n 2 --dist loadscope tests
+
 # Execute every notebook headless on the offline default, writing outputs in place. One at a time,
 # on an otherwise idle machine: the committed timings are read by learners, so nothing competes.
 course: $(STAMP)
@@ -51,6 +72,24 @@ course: $(STAMP)
 		$(NOTEBOOK_ENV) $(VENV)/bin/jupyter nbconvert --log-level WARN --to notebook --execute --inplace \
 			--ExecutePreprocessor.kernel_name=decidiff-lab --ExecutePreprocessor.timeout=900 "$$nb" || exit 1; \
 	done
+
+# The GPU path without a GPU or the hub: every notebook on the replica of the real hub repos
+# (tests/replica_hub.py: real ids, pinned commits, layout and JSON files, tiny random weights), the preset
+# forced to deci-v2, and to deci-v1 in the notebooks that compare architectures. A cell error fails; outputs
+# are not compared (random weights draw noise), the notebooks assert the real-path contract. Built with 32
+# latent cells a side (256 px images): at the real 64 (512 px, what tests/test_real_path.py loads) the
+# notebooks take 5x longer on 2 cores (00: 189 s vs 38 s), more than CI's budget holds.
+REPLICA     := build/replica-hf-home
+REPLICA_ENV := HF_HOME=$(abspath $(REPLICA)) HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
+COMPARING   := notebooks/00_quickstart.ipynb notebooks/03_unet_nas.ipynb
+$(REPLICA)/.built: tests/replica_hub.py decidiff_lab/presets.py decidiff_lab/hub.py decidiff_lab/architectures.py $(STAMP)
+	rm -rf $(REPLICA)
+	$(PY) tests/replica_hub.py $(REPLICA) --sample-size 32
+	touch $@
+
+test-replica: $(STAMP) $(REPLICA)/.built
+	$(REPLICA_ENV) DECIDIFF_LAB_PRESET=deci-v2 $(PY) -m pytest -n 2 --dist loadfile --nbval-lax $(NOTEBOOKS)
+	$(REPLICA_ENV) DECIDIFF_LAB_PRESET=deci-v1 $(PY) -m pytest -n 2 --dist loadfile --nbval-lax $(COMPARING)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

@@ -83,7 +83,8 @@ def describe(err: BaseException) -> str:
                 "log in with `hf auth login` or accept the model's licence on its page)")
     if status == 404:
         code = (getattr(getattr(carrier, "response", None), "headers", None) or {}).get("X-Error-Code")
-        what = {"RepoNotFound": "repo", "RevisionNotFound": "revision", "EntryNotFound": "file"}.get(code, "repo, revision or file")
+        names = {"RepoNotFound": "repo", "RevisionNotFound": "revision", "EntryNotFound": "file"}
+        what = names.get(code, "repo, revision or file")
         return f"the hub has no such {what} (HTTP 404; the pinned revisions are in decidiff_lab/presets.py)"
     if status == 429:
         return "the hub is rate-limiting this network (HTTP 429)"

@@ -67,9 +67,10 @@ FEATURE_EXTRACTOR = {"crop_size": 224, "do_center_crop": True, "do_normalize": T
                      "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3, "size": 224}
 
 
-def shrink_configurations(configurations: dict) -> dict:
+def shrink_configurations(configurations: dict, sample_size: int = 64) -> dict:
     """A real `configurations` dict with every channel count divided by SHRINK (block pattern kept)."""
     c = json.loads(json.dumps(configurations))
+    c["sample_size"] = sample_size
     for key in ("down_blocks_in_channels", "down_blocks_out_channels", "prev_output_channels"):
         c[key] = [ch // SHRINK for ch in c[key]]
     c.update(temb_dim=c["temb_dim"] // SHRINK, cross_attention_dim=TEXT_DIM, stem_channels=320 // SHRINK,
@@ -84,22 +85,24 @@ def flexible_unet_config(configurations: dict, diffusers_version: str) -> dict:
 
     stock = {k: p.default for k, p in inspect.signature(UNet2DConditionModel.__init__).parameters.items()
              if k != "self" and p.default is not inspect.Parameter.empty}
-    stock.update(sample_size=64, cross_attention_dim=768, block_out_channels=[320, 640, 1280, 1280],
+    stock.update(sample_size=configurations["sample_size"], cross_attention_dim=768,
+                 block_out_channels=[320, 640, 1280, 1280],
                  down_block_types=list(stock["down_block_types"]), up_block_types=list(stock["up_block_types"]))
     stock = json.loads(json.dumps(stock, default=list))
     return {"_class_name": "FlexibleUNet2DConditionModel", "_diffusers_version": diffusers_version,
             **stock, "configurations": configurations}
 
 
-def _tiny_parts(seed: int):
+def _tiny_parts(seed: int, sample_size: int):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
-    vae = AutoencoderKL(**{**arch.SD15_VAE, "block_out_channels": [8, 16, 16, 16], "norm_num_groups": 4})
+    vae = AutoencoderKL(**{**arch.SD15_VAE, "block_out_channels": [8, 16, 16, 16], "norm_num_groups": 4,
+                           "sample_size": 8 * sample_size})
     text = CLIPTextModel(CLIPTextConfig(**{**arch.SD15_TEXT_ENCODER, "hidden_size": TEXT_DIM, "intermediate_size": 64,
                                            "num_hidden_layers": 2, "num_attention_heads": 4}))
-    unet = UNet2DConditionModel(**{**arch.SD15_UNET, "block_out_channels": [32, 64, 64, 64],
+    unet = UNet2DConditionModel(**{**arch.SD15_UNET, "sample_size": sample_size, "block_out_channels": [32, 64, 64, 64],
                                    "attention_head_dim": HEADS, "cross_attention_dim": TEXT_DIM})
     return vae.eval(), text.eval(), unet.eval()
 
@@ -113,11 +116,13 @@ def _saved(model, variant: str | None = None, dtype=torch.float32) -> dict[str, 
         return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
 
 
-def repo_files(preset: Preset, seed: int = 0) -> dict[str, bytes]:
-    """Every file of `preset`'s repo at its pinned commit (the replica), by path in the repo."""
+def repo_files(preset: Preset, seed: int = 0, sample_size: int = 64) -> dict[str, bytes]:
+    """Every file of `preset`'s repo at its pinned commit (the replica), by path in the repo.
+
+    `sample_size`: latent cells per side, 64 as in the real repos (512 px images)."""
     from decidiff_lab.flexible_unet import FlexibleUNet2DConditionModel
 
-    vae, text, unet = _tiny_parts(seed)
+    vae, text, unet = _tiny_parts(seed, sample_size)
     files: dict[str, bytes] = {}
 
     def put(folder, saved):
@@ -139,7 +144,7 @@ def repo_files(preset: Preset, seed: int = 0) -> dict[str, bytes]:
             put(folder, {n: d for n, d in saved.items() if "fp16" in n})
     if preset.flexible_unet:
         real = arch.DECI_V1 if preset.name == "deci-v1" else arch.DECI_V2_RECONSTRUCTION
-        configurations = shrink_configurations(real)
+        configurations = shrink_configurations(real, sample_size)
         torch.manual_seed(seed + 1)
         flexible = FlexibleUNet2DConditionModel(configurations).eval()
         version = "0.20.2" if preset.name == "deci-v1" else "0.21.4"
@@ -175,14 +180,14 @@ def write_cache(hub_cache: Path, preset: Preset, files: dict[str, bytes]) -> Pat
     return snapshot
 
 
-def build(hf_home: Path, names=tuple(HUB_PRESETS), only_needed: bool = True) -> Path:
+def build(hf_home: Path, names=tuple(HUB_PRESETS), only_needed: bool = True, sample_size: int = 64) -> Path:
     """An HF_HOME holding the replica of each preset: only what `decidiff-lab fetch` would download
     (`only_needed`), or every file of the repo."""
     from decidiff_lab.hub import needed_files
 
     for name in names:
         preset = HUB_PRESETS[name]
-        files = repo_files(preset)
+        files = repo_files(preset, sample_size=sample_size)
         if only_needed:
             files = {path: files[path] for path in needed_files(preset)}
         write_cache(Path(hf_home) / "hub", preset, files)
@@ -193,6 +198,12 @@ if __name__ == "__main__":
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.set_verbosity_error()  # "modules to keep in float32: []" and shard bars, per model
-    out = build(Path(sys.argv[1] if len(sys.argv) > 1 else "build/replica-hf-home"))
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("hf_home", nargs="?", default="build/replica-hf-home")
+    parser.add_argument("--sample-size", type=int, default=64, help="latent cells per side (64: the real 512 px)")
+    args = parser.parse_args()
+    out = build(Path(args.hf_home), sample_size=args.sample_size)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file() and not f.is_symlink())
     print(f"replica of {', '.join(HUB_PRESETS)} in {out}: {size / 2**20:.1f} MiB")

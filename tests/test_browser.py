@@ -70,7 +70,8 @@ def test_quickstart_runs_all_cells_in_jupyterlab(lab):
                                ".some(e => e.textContent.trim() === 'decidiff-lab')", timeout=90_000)
         page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
         page.get_by_text("Run", exact=True).first.click()
-        page.get_by_text("Run All Cells", exact=True).first.click()
+        # By role, not text: JupyterLab 4.0 also renders a hidden command palette holding "Run All Cells".
+        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
         code_cells = page.locator(".jp-CodeCell")
         n = code_cells.count()
         # Done when every code cell shows an execution count and the kernel is idle again.

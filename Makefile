@@ -95,4 +95,4 @@ test-replica: $(STAMP) $(REPLICA)/.built
 	$(REPLICA_ENV) DECIDIFF_LAB_PRESET=deci-v1 $(PY) -m pytest -n 2 --dist loadfile --nbval-lax $(COMPARING)
 
 clean:
-	rm -rf $(VENV) build .pytest_cache
+	rm -rf $(VENV) $(FLOOR_VENV) build .pytest_cache

@@ -58,14 +58,11 @@ PUBLISHED_UNET_BYTES = {"deci-v2": 1_050_614_888}  # FACTS.md: v2's flexible_une
 
 def checkpoint_tensors(file) -> dict[str, int]:
     """Tensor name -> element count, read from a safetensors header (no weights loaded)."""
-    import json
     import math
-    import struct
 
-    with open(file, "rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(length))
-    return {k: math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    from .loading import safetensors_header
+
+    return {k: math.prod(v["shape"]) for k, v in safetensors_header(file)[1].items() if k != "__metadata__"}
 
 
 def smoke_preset(name: str, device: str | None = None, prompt: str = "A photo of an astronaut riding a horse on Mars"):

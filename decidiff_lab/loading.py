@@ -132,14 +132,19 @@ def verify_weights(folder: Path, subfolders=("unet", "vae", "text_encoder")) -> 
                                 "(rebuild or re-fetch it)") from None
 
 
-def _safetensors_size(file: Path) -> int:
-    """Header length + header + the largest tensor end offset: what a complete file holds."""
+def safetensors_header(file: Path) -> tuple[int, dict]:
+    """(header length, header) of a safetensors file: tensor names, dtypes, shapes and byte offsets."""
     import json
     import struct
 
     with open(file, "rb") as f:
         (length,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(length))
+        return length, json.loads(f.read(length))
+
+
+def _safetensors_size(file: Path) -> int:
+    """Header length + header + the largest tensor end offset: what a complete file holds."""
+    length, header = safetensors_header(file)
     ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
     return 8 + length + max(ends, default=0)
 

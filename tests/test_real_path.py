@@ -105,13 +105,12 @@ def test_a_corrupt_file_in_the_cache_is_a_one_line_error(replica_cache, tmp_path
 
     home = tmp_path / "home"
     shutil.copytree(replica_cache, home, symlinks=True)
-    weights = hub.snapshot_dir(get_preset("deci-v2")).relative_to(replica_cache) / "flexible_unet"
-    target = (home / weights / "diffusion_pytorch_model.safetensors")
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    target = hub.snapshot_dir(get_preset("deci-v2")) / "flexible_unet" / "diffusion_pytorch_model.safetensors"
     data = target.read_bytes()
     target.unlink()
     target.write_bytes(data[: len(data) // 2])  # a download cut in half
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="truncated weights file .*flexible_unet"):
         loading.load_pipeline("deci-v2", device="cpu", verbose=False)
 

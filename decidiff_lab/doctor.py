@@ -70,15 +70,14 @@ def smoke_preset(name: str, device: str | None = None, prompt: str = "A photo of
     import numpy as np
 
     from .generate import generate
-    from .loading import load_pipeline
+    from .loading import load_pipeline, weights_folder
     from .presets import get_preset
 
     preset = get_preset(name)
     start = time.perf_counter()
     pipe = load_pipeline(preset, device=device, verbose=False)
     loaded = time.perf_counter() - start
-    file = next((hub.snapshot_dir(preset) if not preset.is_nano else preset.local_dir).joinpath(
-        preset.unet_subfolder).glob("*.safetensors"))
+    file = next((weights_folder(preset) / preset.unet_subfolder).glob("*.safetensors"))
     stored = checkpoint_tensors(file)
     model = {k: v.numel() for k, v in pipe.unet.state_dict().items()}
     missing, unexpected = sorted(set(model) - set(stored)), sorted(set(stored) - set(model))

@@ -167,7 +167,7 @@ def sampler_line(pipe, preset: Preset) -> str:
     return f"{name}, {preset.default_steps} steps"
 
 
-def _weights_folder(preset: Preset) -> Path:
+def weights_folder(preset: Preset) -> Path:
     """Where `preset`'s files are on this machine: its data/ folder, or the pinned hub snapshot."""
     if not preset.is_nano:
         return hub.ensure_snapshot(preset)
@@ -191,7 +191,7 @@ def load_pipeline(preset: str | Preset = "auto", device: str | None = None, dtyp
     else:
         preset, why = resolve_preset(preset, device)
     dtype = dtype or default_dtype(device)
-    folder = _weights_folder(preset)
+    folder = weights_folder(preset)
     verify_weights(folder, ("vae", "text_encoder", preset.unet_subfolder))
     kwargs = dict(use_safetensors=True, torch_dtype=dtype, variant="fp16" if preset.fp16_variant else None)
     unet_cls = FlexibleUNet2DConditionModel if preset.flexible_unet else UNet2DConditionModel

@@ -147,6 +147,7 @@ def test_a_folder_that_is_not_a_pipeline(tmp_path):
         load_pipeline(Preset("x", "test", local_dir=tmp_path), device="cpu", verbose=False)
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.text(max_size=400))
 def test_any_text_survives_the_prompt_path(nano, text):

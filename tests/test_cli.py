@@ -46,6 +46,7 @@ def test_bad_input_is_one_line_with_status_2(args, message, capsys):
     assert err.count("\n") == 1 and err.startswith("decidiff-lab: error: ") and message in err
 
 
+@pytest.mark.slow
 def test_the_command_itself_exits_2_with_one_line():
     # The same path as above, through a real process: exit status and stderr as a shell sees them.
     result = run_cli("arch", "sd14")
@@ -54,6 +55,7 @@ def test_the_command_itself_exits_2_with_one_line():
     assert result.stderr.startswith("decidiff-lab: error: unknown preset 'sd14'")
 
 
+@pytest.mark.slow
 def test_doctor_answers_fast_offline():
     start = time.perf_counter()
     result = run_cli("doctor", "--json")

@@ -46,6 +46,7 @@ def test_stock_diffusers_classes_open_the_folders_offline():
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_import_decidiff_lab_is_all_diffusion_pipeline_needs():
     # The model card's promise, in a fresh interpreter: no other decidiff_lab import beforehand.
     code = ("import decidiff_lab; from diffusers import DiffusionPipeline; "
@@ -96,6 +97,7 @@ def test_nano_clip_matches_images_to_their_captions():
     assert (logits.argmax(1) == torch.arange(16)).float().mean() > 0.3  # chance: 1/16
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["nano-sd", "nano-deci"])
 def test_cli_generate_writes_a_png(tmp_path, preset):
     out = tmp_path / f"{preset}.png"
@@ -109,6 +111,7 @@ def test_cli_generate_writes_a_png(tmp_path, preset):
     assert not list(tmp_path.glob(".*partial"))
 
 
+@pytest.mark.slow
 def test_a_short_training_run_lowers_the_loss():
     unet, noise_scheduler = build_nano_unet("nano-deci")
     torch.manual_seed(0)
@@ -121,6 +124,7 @@ def test_a_short_training_run_lowers_the_loss():
     assert row["steps"] == 40 and row["loss_last"] < row["loss_first"]
 
 
+@pytest.mark.slow
 def test_auto_on_a_gpu_with_a_hanging_hub_falls_back_within_4_seconds(monkeypatch, tmp_path):
     from huggingface_hub import HfApi
 
@@ -147,6 +151,7 @@ def test_training_log_keeps_every_stage_column(tmp_path):
     assert lines == ["stage,steps,psnr_db,placement_accuracy", "vae,3,30.1,", "clip,5,,0.9"]
 
 
+@pytest.mark.slow
 def test_clip_stage_logs_whether_it_tells_positions_apart(tmp_path, clip_tokenizer):
     from decidiff_lab.training import train_clip
 
@@ -198,6 +203,7 @@ def test_swap_roles():
     assert swap_roles("a red circle on the left") == "a red circle on the left"
 
 
+@pytest.mark.slow
 def test_relations_stage_trains_from_twins_and_logs_pair_placement(tmp_path, clip_tokenizer):
     from transformers import CLIPConfig, CLIPModel
 

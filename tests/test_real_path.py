@@ -67,6 +67,7 @@ def test_pipelines_are_built_with_their_unet(replica_pipes):
         assert pipe.unet.config.sample_size * pipe.vae_scale_factor == 512
 
 
+@pytest.mark.slow
 def test_the_blog_posts_plain_call_runs_ten_unet_steps_on_deci_v2(replica_pipes):
     pipe = replica_pipes["deci-v2"]
     calls = []
@@ -127,6 +128,7 @@ def test_fp16_on_the_replica_keeps_every_component_in_one_dtype(replica_home):
     assert {pipe.unet.dtype, pipe.vae.dtype, pipe.text_encoder.dtype} == {torch.bfloat16}
 
 
+@pytest.mark.slow
 def test_doctor_smoke_checks_keys_params_bytes_and_the_image(replica_home, monkeypatch, capsys):
     from decidiff_lab import doctor
     from decidiff_lab.cli import main

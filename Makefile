@@ -35,12 +35,13 @@ browser:
 		|| ($(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium >/dev/null) \
 		|| echo "chromium not installed: the browser test will be skipped"
 
-# Unit tests and notebooks two at a time, the notebooks under strict nbval. Each notebook kernel gets KERNEL_THREADS
-# threads (two kernels of two threads on two cores run several times slower). Strict outputs must not
-# depend on it: `make test KERNEL_THREADS=2` passes too (README, "Testing").
+# Unit tests and notebooks two at a time, the notebooks under strict nbval. Each notebook kernel gets
+# KERNEL_THREADS threads (two kernels of two threads on two cores run several times slower). Strict
+# outputs must not depend on it: `make test KERNEL_THREADS=2` must pass too (README, "Testing").
 KERNEL_THREADS ?= 1
 NOTEBOOK_ENV   := HF_HUB_OFFLINE=1 OMP_NUM_THREADS=$(KERNEL_THREADS)
 NBVAL          := -m pytest -n 2 --dist loadfile --nbval
+FAST_UNIT      := -m pytest -n 2 --dist loadscope -m "not slow" tests
 # One pytest run for both, so the two workers stay busy to the end: the training notebooks first, the
 # unit tests (one torch thread per worker, tests/conftest.py) fill in beside them.
 test: $(STAMP) browser
@@ -49,14 +50,14 @@ test: $(STAMP) browser
 # The notebooks on "another CPU": oneDNN capped at SSE4.1 runs other convolution and matmul kernels than
 # this machine's AVX2 ones (ATen's own kernels are left as they are: ATEN_CPU_CAPABILITY=default makes the
 # training notebooks several times slower). The two that train, and 00, whose gallery embeds its images.
-# The other notebooks only infer, and passed strict nbval this way when the rule was introduced.
+# The others only infer: 01, 02 and 04 passed strict nbval this way when #14 measured them.
 PORTABLE := $(SLOWEST) notebooks/00_quickstart.ipynb
 test-portable: $(STAMP)
 	$(NOTEBOOK_ENV) ONEDNN_MAX_CPU_ISA=SSE41 $(PY) $(NBVAL) $(PORTABLE)
 
 # Fast iteration: the unit tests not marked slow, no notebooks.
 check: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -n 2 --dist loadscope -m "not slow" tests
+	HF_HUB_OFFLINE=1 $(PY) $(FAST_UNIT)
 
 # The unit tests at the minimum versions pyproject.toml declares: its `>=` floors become `name==floor`
 # constraints (scripts/floor_constraints.py writes tests/floor-constraints.txt), installed in .venv-floor,
@@ -79,7 +80,7 @@ $(FLOOR_STAMP): pyproject.toml scripts/floor_constraints.py
 # Not the slow tests: they rerun in fresh interpreters or training loops the same library calls the
 # fast ones make, and the floors are about those calls.
 test-floor: $(FLOOR_STAMP) browser
-	HF_HUB_OFFLINE=1 $(FLOOR_PY) -m pytest -n 2 --dist loadscope -m "not slow" tests
+	HF_HUB_OFFLINE=1 $(FLOOR_PY) $(FAST_UNIT)
 
 # Execute every notebook headless on the offline default and write the outputs in place, with the
 # settings `make test` compares under: two at a time, KERNEL_THREADS threads each. `make course

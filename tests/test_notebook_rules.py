@@ -54,9 +54,14 @@ def test_notebooks_are_committed_executed(path):
     assert None not in counts and counts == sorted(counts), f"{path.name}: executed out of order or partly"
 
 
-def test_every_sanitize_rule_says_why_and_the_readme_counts_them():
+def sanitize_rules() -> configparser.ConfigParser:
     cfg = configparser.ConfigParser(interpolation=None)
     cfg.read(ROOT / "notebooks" / "sanitize.cfg")
+    return cfg
+
+
+def test_every_sanitize_rule_says_why_and_the_readme_counts_them():
+    cfg = sanitize_rules()
     assert cfg.sections(), "no sanitize rules"
     for reason in cfg.sections():
         assert len(reason.split()) >= 5, f"sanitize rule [{reason}] needs a reason"
@@ -67,8 +72,14 @@ def test_every_sanitize_rule_says_why_and_the_readme_counts_them():
 
 
 def test_the_image_rule_blanks_embedded_images_and_nothing_else():
-    cfg = configparser.ConfigParser(interpolation=None)
-    cfg.read(ROOT / "notebooks" / "sanitize.cfg")
+    cfg = sanitize_rules()
     (rule,) = [cfg[s] for s in cfg.sections() if "base64" in cfg[s]["regex"]]
     html = '<img src="data:image/png;base64,iVBORw0KGgo+/AA==" title="nano-deci: a red circle">'
     assert re.sub(rule["regex"], rule["replace"], html) == '<img src="data:image;base64,IMAGE" title="nano-deci: a red circle">'
+
+
+def test_the_autotime_rule_blanks_every_wall_time_autotime_prints():
+    (rule,) = [r for name, r in sanitize_rules().items() if name.startswith("autotime")]
+    for shown in ("time: 2.61 ms", "time: 1e+03 ms", "time: 1min 17s", "time: 136 μs"):
+        line = f"{shown} (started: 2026-12-02 13:51:29 +00:00)"
+        assert re.sub(rule["regex"], rule["replace"], line) == "time: TIME", line

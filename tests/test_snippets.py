@@ -42,7 +42,6 @@ def skipped(command: str) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 @pytest.mark.parametrize("doc, code", blocks("python"), ids=lambda v: v if v.endswith(".md") else "")
 def test_python_snippet_runs_as_written(doc, code):
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True, text=True,
@@ -50,7 +49,6 @@ def test_python_snippet_runs_as_written(doc, code):
     assert result.returncode == 0, f"{doc} snippet failed:\n{code}\n{result.stderr[-2000:]}"
 
 
-@pytest.mark.slow
 @pytest.mark.slow
 @pytest.mark.parametrize("command", [c for c in commands() if not skipped(c)])
 def test_cli_snippet_runs_as_written(command, tmp_path):

@@ -35,13 +35,15 @@ browser:
 		|| ($(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium >/dev/null) \
 		|| echo "chromium not installed: the browser test will be skipped"
 
-# Unit tests and notebooks two at a time, the notebooks under strict nbval. Each notebook kernel gets
-# KERNEL_THREADS threads (two kernels of two threads on two cores run several times slower). Strict
+# Unit tests and notebooks side by side, the notebooks under strict nbval. Each notebook kernel gets
+# KERNEL_THREADS threads (two kernels of two threads on two cores ran 2.6x slower: 17 min). Strict
 # outputs must not depend on it: `make test KERNEL_THREADS=2` must pass too (README, "Testing").
 KERNEL_THREADS ?= 1
+# As many workers as the cores hold kernels: `make test KERNEL_THREADS=2` runs one at a time here.
+WORKERS        ?= $(shell echo $$(( $$(nproc) / $(KERNEL_THREADS) > 1 ? $$(nproc) / $(KERNEL_THREADS) : 1 )))
 NOTEBOOK_ENV   := HF_HUB_OFFLINE=1 OMP_NUM_THREADS=$(KERNEL_THREADS)
-NBVAL          := -m pytest -n 2 --dist loadfile --nbval
-FAST_UNIT      := -m pytest -n 2 --dist loadscope -m "not slow" tests
+NBVAL          := -m pytest -n $(WORKERS) --dist loadfile --nbval
+FAST_UNIT      := -m pytest -n $(WORKERS) --dist loadscope -m "not slow" tests
 # One pytest run for both, so the two workers stay busy to the end: the training notebooks first, the
 # unit tests (one torch thread per worker, tests/conftest.py) fill in beside them.
 test: $(STAMP) browser
@@ -83,10 +85,10 @@ test-floor: $(FLOOR_STAMP) browser
 	HF_HUB_OFFLINE=1 $(FLOOR_PY) $(FAST_UNIT)
 
 # Execute every notebook headless on the offline default and write the outputs in place, with the
-# settings `make test` compares under: two at a time, KERNEL_THREADS threads each. `make course
+# settings `make test` compares under: WORKERS at a time, KERNEL_THREADS threads each. `make course
 # NOTEBOOKS=notebooks/01_vae.ipynb` re-executes one.
 course: $(STAMP)
-	@printf '%s\n' $(NOTEBOOKS) | xargs -P 2 -I{} sh -c 'echo "executing {}"; $(NOTEBOOK_ENV) \
+	@printf '%s\n' $(NOTEBOOKS) | xargs -P $(WORKERS) -I{} sh -c 'echo "executing {}"; $(NOTEBOOK_ENV) \
 		$(VENV)/bin/jupyter nbconvert --log-level WARN --to notebook --execute --inplace \
 		--ExecutePreprocessor.kernel_name=decidiff-lab --ExecutePreprocessor.timeout=900 "{}"'
 

@@ -243,8 +243,9 @@ class MiniRun:
 
 def run_mini_recipe(recipe: Recipe, parts: FrozenParts, phases: list[Phase], kind: str = "nano-deci",
                     prompts_per_kind: int = 12, seed: int = 0, validation_images: int = 96,
-                    timestep: int = 500) -> MiniRun:
-    """Train a fresh `kind` U-Net through `phases`; score it before the first and after each.
+                    timestep: int = 500, score_each_phase: bool = True) -> MiniRun:
+    """Train a fresh `kind` U-Net through `phases`; score it before the first and after each
+    (`score_each_phase=False`: after the last only, for an ablation compared by where it ends).
 
     EMA (diffusers' `EMAModel`, decay `recipe.ema_decay`) starts with the first phase that asks
     for it; a checkpoint with EMA is scored on the EMA weights, and training then continues on
@@ -275,11 +276,46 @@ def run_mini_recipe(recipe: Recipe, parts: FrozenParts, phases: list[Phase], kin
             ema.store(unet.parameters())
             ema.copy_to(unet.parameters())
         seen += row["samples"]
-        rows.append({**row, "phase": phase.name, "samples_seen": seen, **checkpoint_row(unet, noise_scheduler, **score)})
+        if score_each_phase or i == len(phases) - 1:
+            rows.append({**row, "phase": phase.name, "samples_seen": seen,
+                         **checkpoint_row(unet, noise_scheduler, **score)})
         if ema is not None and i < len(phases) - 1:
             ema.restore(unet.parameters())
         seconds[phase.name] = time.perf_counter() - start
     return MiniRun(rows, baseline, seconds, train_seconds, unet, noise_scheduler, validation, kind)
+
+
+def training_step_seconds(cases: dict, batch: int = 64, rounds: int = 5, steps: int = 2, seed: int = 0) -> dict:
+    """Seconds per training sample (forward and backward at `batch`) for each case, best of `rounds`.
+
+    `cases` maps a name to `(unet, noise_scheduler, tensors)`. The cases take turns within every
+    round, so a neighbour's load or the machine's drift lands on all of them alike, and the minimum
+    keeps the round each ran undisturbed: a phase's wall time in `MiniRun.train_seconds` has no such
+    protection. The U-Nets' weights are left as they were (no optimiser step; gradients cleared).
+    """
+    batches = {}
+    for name, (unet, noise_scheduler, tensors) in cases.items():
+        gen = torch.Generator().manual_seed(seed)
+        idx = torch.arange(batch) % len(tensors["latents"])
+        x0 = tensors["latents"][idx]
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,), generator=gen)
+        batches[name] = (noise_scheduler.add_noise(x0, noise, t), t, tensors["text_states"][tensors["caption_ids"][idx]],
+                         *_target_and_weight(noise_scheduler, x0, noise, t))
+    best = dict.fromkeys(cases, float("inf"))
+    for _ in range(rounds):
+        for name, (unet, _, _) in cases.items():
+            noisy, t, states, target, weight = batches[name]
+            was_training = unet.training
+            unet.train()
+            start = time.perf_counter()
+            for _ in range(steps):
+                pred = unet(noisy, t, states).sample
+                (weight * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean().backward()
+            best[name] = min(best[name], (time.perf_counter() - start) / (steps * batch))
+            unet.zero_grad(set_to_none=True)
+            unet.train(was_training)
+    return best
 
 
 # ------------------------------------------------------------------ shipped logs

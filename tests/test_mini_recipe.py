@@ -160,3 +160,21 @@ def test_denoised_images_are_uint8_images_with_and_without_a_unet(recipe, parts)
     assert first.shape == (1, 64, 64, 3) and abs(first[0].astype(int) - whole[0].astype(int)).max() <= 1
     scores = mr.denoise_scores(None, scheduler, parts, batch)
     assert set(scores) == set(mr.DENOISE_KEYS)
+
+
+def test_training_step_seconds_times_each_case_and_leaves_the_weights(parts, phases):
+    unet, noise_scheduler = build_nano_unet("nano-deci")
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    cases = {"low": (unet, noise_scheduler, phases[0].tensors), "full": (unet, noise_scheduler, phases[1].tensors)}
+    seconds = mr.training_step_seconds(cases, batch=4, rounds=2, steps=1)
+    assert set(seconds) == {"low", "full"} and all(0 < s < 1 for s in seconds.values())
+    assert all(torch.equal(before[k], v) for k, v in unet.state_dict().items())
+    assert all(p.grad is None for p in unet.parameters())
+
+
+def test_an_ablation_can_be_scored_at_its_end_only(recipe, parts, phases, run):
+    end_only = mr.run_mini_recipe(recipe, parts, phases, prompts_per_kind=1, validation_images=4,
+                                  score_each_phase=False)
+    assert [r["phase"] for r in end_only.rows] == ["0 untrained", mr.PHASES[-1][0]]
+    assert end_only.rows[-1]["samples_seen"] == run.rows[-1]["samples_seen"]
+    assert end_only.rows[-1]["val_loss"] == run.rows[-1]["val_loss"]  # same seeds, same run, fewer scores

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("**/*.ipynb"))
 IGNORE = "# NBVAL_IGNORE_OUTPUT"
 # Sources whose numbers are measurements: wall clocks and training runs.
-MEASURES = re.compile(r"time_call\(|perf_counter\(|\.seconds\b|train_seconds|\.rows\b|run_mini_recipe\(")
+MEASURES = re.compile(r"time_call\(|perf_counter\(|\.seconds\b|train_seconds|\.rows\b|run_mini_recipe\(|_seconds\(")
 WORDS = {5: "five", 6: "six", 7: "seven", 8: "eight", 9: "nine"}
 
 

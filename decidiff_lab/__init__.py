@@ -8,6 +8,7 @@ One module per idea: `flexible_unet` (U-Net-NAS), `architectures` (full-size con
 __version__ = "0.1.0"
 
 import logging as _logging
+import sys as _sys
 
 
 class _PilFallbackNotice(_logging.Filter):
@@ -22,6 +23,35 @@ class _PilFallbackNotice(_logging.Filter):
 
 
 _logging.getLogger("transformers.utils.import_utils").addFilter(_PilFallbackNotice())
+
+
+class _Stdout(_logging.StreamHandler):
+    """A handler writing to whatever `sys.stdout` is at each message (Jupyter's, pytest's capture)."""
+
+    @property
+    def stream(self):
+        return _sys.stdout
+
+    @stream.setter
+    def stream(self, _value):  # logging.StreamHandler assigns it; the stream is always sys.stdout
+        pass
+
+
+# The library logs its few notices (`loading`'s "Using nano-deci (...) on cpu, ..." line, the hub's
+# retry line, the low-VRAM memory plan) through `logging.getLogger(__name__)`. Learners have no
+# logging set up, and those lines are part of the notebooks' committed outputs, where they were once
+# `print`ed: so, unless `decidiff_lab`'s logger was configured before this import (a handler or a
+# level on it), it gets one stdout handler that writes the bare message at INFO, exactly as print
+# did, and does not pass records on to the root logger (no second copy where root is configured).
+# To route them elsewhere: `logging.getLogger("decidiff_lab").handlers.clear()`, then set
+# `propagate = True` (or add your own handler); `verbose=False` arguments still silence each one.
+_logger = _logging.getLogger(__name__)
+if not _logger.handlers and _logger.level == _logging.NOTSET:
+    _handler = _Stdout()
+    _handler.setFormatter(_logging.Formatter("%(message)s"))
+    _logger.addHandler(_handler)
+    _logger.setLevel(_logging.INFO)
+    _logger.propagate = False
 
 from .errors import UserError
 # data/nano-deci/model_index.json names these two modules, and diffusers only loads classes from

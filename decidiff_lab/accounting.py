@@ -11,6 +11,8 @@ import json
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.models.resnet import ResnetBlock2D
+from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -97,18 +99,16 @@ def unet_flops(unet: torch.nn.Module, resolution: int = 512, batch: int = 1, vae
         return counter.get_total_flops()
     counts = counter.get_flop_counts()
     prefix = type(meta).__name__ + "."
-    return counter.get_total_flops(), {name: sum(counts.get(prefix + name, {}).values()) for name in _block_names(meta)}
+    return counter.get_total_flops(), {name: sum(counts.get(prefix + name, {}).values()) for name in block_names(meta)}
 
 
-def _block_names(unet) -> list[str]:
+def block_names(unet) -> list[str]:
+    """"down_blocks.0", ..., "mid_block", "up_blocks.0", ...: the U-Net's blocks in run order."""
     return ([f"down_blocks.{i}" for i in range(len(unet.down_blocks))] + ["mid_block"]
             + [f"up_blocks.{i}" for i in range(len(unet.up_blocks))])
 
 
 def _block_row(name: str, block: torch.nn.Module) -> dict:
-    from diffusers.models.resnet import ResnetBlock2D
-    from diffusers.models.transformers.transformer_2d import Transformer2DModel
-
     resnets = [m for m in block.modules() if isinstance(m, ResnetBlock2D)]
     attentions = [m for m in block.modules() if isinstance(m, Transformer2DModel)]
     return {
@@ -125,7 +125,7 @@ def unet_block_table(unet: torch.nn.Module, resolution: int = 512) -> list[dict]
     """One row per down/mid/up block: channels, ResNets, attentions, params, GFLOPs (batch 1)."""
     _, flops = unet_flops(unet, resolution, per_block=True)
     return [{**_block_row(name, unet.get_submodule(name)), "gflops": flops[name] / 1e9}
-            for name in _block_names(unet)]
+            for name in block_names(unet)]
 
 
 def architecture_summary(preset: str | Preset, resolution: int = 512) -> dict:

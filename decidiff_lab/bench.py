@@ -1,5 +1,9 @@
 """Latency harness: whole pipeline calls and their parts, warm-up, repeats, median and spread.
 
+The one home of timing: `time_call` (median/min/max of synchronised calls), `synchronize` (wait for
+the device's queued work) and `cpu_threads` (a fixed CPU thread count), which `unet_tools`'
+per-block latencies and `search`'s timing rounds use too.
+
 Returns plain dicts (one per preset x steps) that notebooks tabulate and plot and the CLI
 writes as JSON. Speed claims are ratios measured in one run, never typed in.
 """
@@ -10,19 +14,22 @@ import resource
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from typing import Callable
 
 import torch
 
 from .accounting import unet_flops
+from .errors import UserError
 from .generate import generate, squeezed_schedule
 from .memory import default_dtype
 from .schedulers import SqueezedDPMSolverMultistepScheduler
+from .tables import markdown
 
 PROMPT = "a blue square to the left of a green triangle"
 
 
-def _sync(device) -> None:
+def synchronize(device) -> None:
     """Wait for the device's queued work, so a timer measures it and not its launch."""
     device = torch.device(device)
     if device.type == "cuda":
@@ -37,12 +44,30 @@ def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, devic
         fn()
     samples = []
     for _ in range(repeats):
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         fn()
-        _sync(device)
+        synchronize(device)
         samples.append(time.perf_counter() - start)
     return {"median": statistics.median(samples), "min": min(samples), "max": max(samples), "samples": samples}
+
+
+@contextmanager
+def cpu_threads(num_threads: int | None):
+    """`with cpu_threads(1): ...` runs PyTorch's CPU ops on that many threads, then restores the
+    previous setting; None changes nothing.
+
+    Why: on a CPU shared with other busy processes (two notebooks tested in parallel on two
+    cores), multi-threaded kernels wait on each other at every barrier and small models run up to
+    10x slower, with huge spread. One thread per process keeps timings stable and comparable.
+    """
+    previous = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 # Matmul sizes that reach a device's peak: a GPU's tensor cores are far from full at 1024.
@@ -120,9 +145,9 @@ def bench_pipeline(pipe, preset: str, steps: int, repeats: int = 5, warmup: int 
     compared with the same ceiling (measured here when None).
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer (got {steps!r})")
+        raise UserError(f"steps must be a positive integer (got {steps!r})")
     if repeats < 1:
-        raise ValueError(f"repeats must be at least 1 (got {repeats!r})")
+        raise UserError(f"repeats must be at least 1 (got {repeats!r})")
     device = pipe._execution_device  # where an offloaded pipeline runs (its `device` says cpu)
     progress = dict(getattr(pipe, "_progress_bar_config", {}))
     pipe.set_progress_bar_config(disable=True)
@@ -165,7 +190,7 @@ def decompose_speedup(records: list[dict], base: tuple[str, int], fast: tuple[st
     needed = [(arch_a, steps_a), (arch_a, steps_b), (arch_b, steps_a), (arch_b, steps_b)]
     missing = [k for k in needed if k not in t]
     if missing:
-        raise ValueError(f"decompose_speedup needs records for {missing}: bench those presets and steps")
+        raise UserError(f"decompose_speedup needs records for {missing}: bench those presets and steps")
     steps_factor = t[(arch_a, steps_a)] / t[(arch_a, steps_b)]
     unet_factor = t[(arch_a, steps_a)] / t[(arch_b, steps_a)]
     total = t[(arch_a, steps_a)] / t[(arch_b, steps_b)]
@@ -174,10 +199,9 @@ def decompose_speedup(records: list[dict], base: tuple[str, int], fast: tuple[st
 
 
 def markdown_table(records: list[dict]) -> str:
+    """The bench records as a markdown table, one row per (preset, steps)."""
     cols = [("preset", "{}"), ("steps", "{}"), ("seconds_per_image", "{:.3f}"), ("images_per_second", "{:.2f}"),
             ("unet_seconds_per_step", "{:.4f}"), ("text_encoder_seconds", "{:.4f}"),
             ("vae_decode_seconds", "{:.4f}"), ("gflops_per_unet_step", "{:.2f}"), ("achieved_gflops", "{:.1f}"),
             ("peak_fraction", "{:.1%}")]
-    from .report import markdown  # report builds on this module: import at call time
-
     return markdown(records, [(c, c, fmt) for c, fmt in cols])

@@ -241,8 +241,9 @@ def _mean(values) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def format_report(report: dict) -> str:
-    """A small text table of `evaluate`'s output."""
+def format_scores(report: dict) -> str:
+    """A small text table of `evaluate`'s output (its layout is fixed: notebook 03 and `decidiff-lab
+    evaluate` print it)."""
     def cell(v):
         return "   -" if v is None else f"{v:4.0%}"
 

@@ -7,10 +7,22 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import torch
+from PIL import Image
+
+from .accounting import architecture_summary
+from .bench import bench_pipeline, decompose_speedup, markdown_table, matmul_peak_gflops
+from .checker import format_scores
+from .doctor import format_machine_report, machine_report, smoke_preset
 from .errors import UserError
-from .presets import data_dir
+from .fetch import fetch
+from .generate import check_generation_args, generate, image_grid
+from .loading import default_device, load_pipeline, resolve_preset
+from .presets import data_dir, get_preset
+from .schedulers import check_guidance
 
 
 class _Parser(argparse.ArgumentParser):
@@ -19,9 +31,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _arch(args) -> None:
-    from .accounting import architecture_summary
-    from .presets import get_preset
-
     results = {name: architecture_summary(name, args.resolution) for name in args.presets}
     if args.json:
         print(json.dumps(results, indent=2))
@@ -38,8 +47,6 @@ def _arch(args) -> None:
 
 
 def _doctor(args) -> None:
-    from .doctor import format_report, report, smoke_preset
-
     if args.smoke:
         results = [smoke_preset(name.strip()) for name in args.smoke.split(",")]
         for _, line in results:
@@ -48,8 +55,8 @@ def _doctor(args) -> None:
             raise UserError("smoke test failed: see the FAILED line(s) above")
         return
 
-    info = report()
-    print(json.dumps(info, indent=2) if args.json else format_report(info))
+    info = machine_report()
+    print(json.dumps(info, indent=2) if args.json else format_machine_report(info))
 
 
 def _check_out_path(path: Path) -> None:
@@ -62,12 +69,6 @@ def _check_out_path(path: Path) -> None:
 
 
 def _generate(args) -> None:
-    from PIL import Image
-
-    from .generate import check_generation_args, generate, image_grid
-    from .loading import load_pipeline, resolve_preset
-    from .schedulers import check_guidance
-
     out = Path(args.out)
     _check_out_path(out)  # fail before minutes of loading, not after
     preset, why = resolve_preset(args.preset)
@@ -90,16 +91,24 @@ def _generate(args) -> None:
 
 
 def _train_nano(args) -> None:
-    from .training import Recipe, train_nano
+    from .training.recipe import Recipe
+    from .training.train import train_nano
 
     recipe = Recipe.quick() if args.quick else Recipe()
+    if args.recipe:  # a recipe.json (as a run writes it), whole or in part
+        try:
+            fields = json.loads(Path(args.recipe).read_text())
+            fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+            recipe = replace(recipe, **fields)
+        except (OSError, ValueError, TypeError) as err:
+            raise UserError(f"--recipe {args.recipe}: {err} (a JSON object of Recipe fields, like a run's recipe.json)")
     if args.minutes is not None:
         recipe.vae_minutes = recipe.clip_minutes = recipe.clip_relation_minutes = recipe.unet_minutes = args.minutes
-    recipe.seed = args.seed
-    recipe.joint_text_encoder = args.joint_text_encoder
+    recipe.seed = args.seed if args.seed is not None else recipe.seed
+    recipe.joint_text_encoder = args.joint_text_encoder or recipe.joint_text_encoder
     out = args.out or ("build/nano-quick" if args.quick else str(data_dir()))  # --quick never overwrites data/
     start = time.perf_counter()
-    train_nano(Path(out), Path(args.workdir), recipe)
+    train_nano(Path(out), Path(args.workdir), recipe, only=tuple(args.only.split(",")))
     print(f"trained the nano models into {out} in {(time.perf_counter() - start) / 60:.1f} min")
 
 
@@ -120,12 +129,6 @@ def _int_list(text: str) -> list[int]:
 
 
 def _bench(args) -> None:
-    import torch
-
-    from .bench import bench_pipeline, decompose_speedup, markdown_table, matmul_peak_gflops
-    from .loading import default_device, load_pipeline
-    from .presets import get_preset
-
     if args.repeats < 1:
         raise UserError(f"--repeats must be at least 1 (got {args.repeats})")
     steps_list = _int_list(args.steps)
@@ -164,11 +167,7 @@ def _bench(args) -> None:
 
 
 def _evaluate(args) -> None:
-    from .checker import format_report
-    from .loading import load_pipeline
-    from .presets import get_preset
-    from .schedulers import check_guidance
-    from .training import evaluate_pipeline
+    from .training.evaluation import evaluate_pipeline  # local: the recipe's imports (~1 s) only for `evaluate`
 
     if args.prompts < 1:
         raise UserError(f"--prompts must be at least 1 (got {args.prompts})")
@@ -186,12 +185,10 @@ def _evaluate(args) -> None:
             report = evaluate_pipeline(pipe, preset.name, args.prompts, args.seed, steps=steps, split=args.split,
                                        guidance_scale=guidance, guidance_rescale=preset.guidance_rescale)
             print(f"{preset.name}: {steps} steps, guidance {guidance}, {2 * args.prompts} {args.split} "
-                  f"prompts ({time.perf_counter() - start:.0f} s)\n{format_report(report)}", flush=True)
+                  f"prompts ({time.perf_counter() - start:.0f} s)\n{format_scores(report)}", flush=True)
 
 
 def _fetch(args) -> None:
-    from .fetch import fetch
-
     for name in args.presets:
         path, size = fetch(name)
         print(f"{name}: {size / 2**30:.2f} GiB in {path} (pinned commit {path.name})")
@@ -239,7 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quick", action="store_true",
                        help="a few minutes, for learners: U-Nets only, on the shipped VAE and CLIP")
     train.add_argument("--minutes", type=float, default=None, help="override each stage's minute budget")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int, default=None, help="the recipe's seed (default 0)")
+    train.add_argument("--recipe", default=None, help="a JSON file of Recipe fields to override (e.g. a run's recipe.json)")
+    train.add_argument("--only", default="nano-sd,nano-deci", choices=["nano-sd,nano-deci", "nano-sd", "nano-deci"],
+                       help="which U-Nets to train")
     train.add_argument("--joint-text-encoder", action="store_true",
                        help="fine-tune CLIP's text tower with nano-sd's U-Net, then freeze it for nano-deci")
     train.set_defaults(run=_train_nano)
@@ -273,8 +273,6 @@ def _check(args) -> None:
         raise UserError(f"--resolution must be a positive multiple of 8 (got {args.resolution})")
     names = getattr(args, "presets", None)
     if names:
-        from .presets import get_preset
-
         for name in names.split(",") if isinstance(names, str) else names:
             get_preset(name.strip())
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import platform
 import time
 
+import diffusers
+import numpy as np
 import torch
+import transformers
 
 from . import hub
-from .loading import default_device
-from .presets import HUB_PRESETS, Preset, all_presets
+from .generate import generate
+from .loading import default_device, load_pipeline, safetensors_header, weights_folder
+from .presets import HUB_PRESETS, Preset, all_presets, get_preset
 
 
 def preset_available_locally(preset: Preset) -> bool:
@@ -19,10 +24,8 @@ def preset_available_locally(preset: Preset) -> bool:
     return not hub.missing_files(preset)
 
 
-def report() -> dict:
-    import diffusers
-    import transformers
-
+def machine_report() -> dict:
+    """Versions, device, hub reachability and which presets are on this machine (a few seconds)."""
     start = time.perf_counter()
     cause = hub.probe(HUB_PRESETS["deci-v2"])
     info = {
@@ -44,7 +47,8 @@ def report() -> dict:
     return info
 
 
-def format_report(info: dict) -> str:
+def format_machine_report(info: dict) -> str:
+    """`machine_report` as aligned "key value" lines (`decidiff-lab doctor`)."""
     lines = [f"{key:18s} {value}" for key, value in info.items() if key != "presets_local"]
     for name, ok in info["presets_local"].items():
         lines.append(f"{'preset ' + name:18s} {'available locally' if ok else 'not cached (decidiff-lab fetch ' + name + ')'}")
@@ -58,21 +62,11 @@ PUBLISHED_UNET_BYTES = {"deci-v2": 1_050_614_888}  # FACTS.md: v2's flexible_une
 
 def checkpoint_tensors(file) -> dict[str, int]:
     """Tensor name -> element count, read from a safetensors header (no weights loaded)."""
-    import math
-
-    from .loading import safetensors_header
-
     return {k: math.prod(v["shape"]) for k, v in safetensors_header(file)[1].items() if k != "__metadata__"}
 
 
 def smoke_preset(name: str, device: str | None = None, prompt: str = "A photo of an astronaut riding a horse on Mars"):
     """Load `name`, check its U-Net against its checkpoint, generate one image: (ok, one-line report)."""
-    import numpy as np
-
-    from .generate import generate
-    from .loading import load_pipeline, weights_folder
-    from .presets import get_preset
-
     preset = get_preset(name)
     start = time.perf_counter()
     pipe = load_pipeline(preset, device=device, verbose=False)

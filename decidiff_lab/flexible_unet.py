@@ -34,6 +34,8 @@ from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from diffusers.models.upsampling import Upsample2D
 from torch import nn
 
+from .errors import UserError
+
 REQUIRED_KEYS = (
     "sample_size", "cross_attention_dim", "add_upsample_mid_block", "mix_block_in_forward",
     "down_blocks_in_channels", "down_blocks_out_channels", "down_blocks_num_resnets",
@@ -54,21 +56,21 @@ OPTIONAL_KEYS = {"in_channels": 4, "out_channels": 4, "stem_channels": 320, "nor
 def validate_configurations(configurations: dict) -> dict:
     """Check a `configurations` dict; return it with the optional keys filled in."""
     if not isinstance(configurations, dict):
-        raise ValueError("configurations must be a dict (the 'configurations' entry of flexible_unet/config.json)")
+        raise UserError("configurations must be a dict (the 'configurations' entry of flexible_unet/config.json)")
     missing = [k for k in REQUIRED_KEYS if k not in configurations]
     if missing:
-        raise ValueError(f"flexible U-Net configurations is missing key {missing[0]!r} (missing: {', '.join(missing)})")
+        raise UserError(f"flexible U-Net configurations is missing key {missing[0]!r} (missing: {', '.join(missing)})")
     n_blocks = len(configurations["down_blocks_in_channels"])
     for key in PER_BLOCK_KEYS:
         if len(configurations[key]) != n_blocks:
-            raise ValueError(
+            raise UserError(
                 f"flexible U-Net configurations key {key!r} has {len(configurations[key])} entries, "
                 f"expected {n_blocks} (one per block, like down_blocks_in_channels)"
             )
     downsamplers = sum(map(bool, configurations["add_downsample"][:-1]))
     skips = 1 + sum(configurations["down_blocks_num_resnets"]) + downsamplers  # conv_in's output too
     if sum(configurations["up_blocks_num_resnets"]) != skips:
-        raise ValueError(
+        raise UserError(
             f"flexible U-Net configurations key 'up_blocks_num_resnets' sums to "
             f"{sum(configurations['up_blocks_num_resnets'])} but the down path saves {skips} skip states "
             "(one per down ResNet, per downsampler and conv_in): each up ResNet pops one"
@@ -76,7 +78,7 @@ def validate_configurations(configurations: dict) -> dict:
     heads = configurations["num_attention_heads"]
     for channels in configurations["down_blocks_out_channels"]:
         if channels % heads:
-            raise ValueError(f"num_attention_heads={heads} must divide every block's channels (got {channels})")
+            raise UserError(f"num_attention_heads={heads} must divide every block's channels (got {channels})")
     return {**OPTIONAL_KEYS, **configurations}
 
 

@@ -8,13 +8,10 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .memory import check_images_per_call, decode
+from .memory import MAX_IMAGES, check_images_per_call, decode_latents_safely
 from .schedulers import SqueezedDPMSolverMultistepScheduler, check_guidance, parse_squeeze_mode
 
 BASE_STEPS = 16  # Deci's reference pipeline squeezes its 16-step list to 10
-
-
-MAX_IMAGES = 64  # per call; more is a loop over seeds, not one batch
 
 
 def check_generation_args(steps: int, height: int, width: int, num_images: int) -> None:
@@ -94,7 +91,7 @@ def generate(pipe, prompts: str | list[str], steps: int | None = None, guidance_
                    generator=generator, output_type="latent" if half else "np", **kwargs)
         images = out.images
         if half:
-            images = pipe.image_processor.postprocess(decode(pipe.vae, images), output_type="np")
+            images = pipe.image_processor.postprocess(decode_latents_safely(pipe.vae, images), output_type="np")
     return (images * 255).round().clip(0, 255).astype(np.uint8)
 
 

@@ -10,6 +10,7 @@ requests); only a missing file is fetched, and only the folders the loader reads
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 from .errors import UserError
 from .presets import Preset
 
+_logger = logging.getLogger(__name__)
 TOKENIZER_FILES = ("merges.txt", "special_tokens_map.json", "tokenizer_config.json", "vocab.json")
 RETRIES, BACKOFF_S = 5, 2.0  # 429: waits of 2, 4, 8, 16 s (30 s in all) before giving up
 
@@ -110,8 +112,8 @@ def _with_retries(call, what: str, sleep=time.sleep):
             if attempt == RETRIES:
                 raise HubError(f"{what}: {describe(err)} after {RETRIES} tries with backoff") from None
             wait = BACKOFF_S * 2 ** (attempt - 1)
-            print(f"hub busy (HTTP {status}) on {what}: retrying in {wait:.0f} s "
-                  f"(attempt {attempt + 1}/{RETRIES})", flush=True)
+            _logger.info(f"hub busy (HTTP {status}) on {what}: retrying in {wait:.0f} s "
+                        f"(attempt {attempt + 1}/{RETRIES})")
             sleep(wait)
     raise AssertionError("unreachable")
 

@@ -9,18 +9,23 @@ them, the nano pair otherwise, with the reason in one line.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import struct
 import warnings
 from pathlib import Path
 
 import torch
 
-from . import hub
+from . import hub, presets
 from .errors import UserError
 from .flexible_unet import FlexibleUNet2DConditionModel
 from .memory import default_dtype, place
 from .presets import Preset, all_presets, get_preset
 from .schedulers import SqueezedDPMSolverMultistepScheduler
+
+_logger = logging.getLogger(__name__)
 
 # diffusers >= 0.40 renamed from_pretrained's `torch_dtype` to `dtype`; older releases (Colab's)
 # know only `torch_dtype`, so we keep it and silence the rename notice.
@@ -44,10 +49,10 @@ def _gpu_name(device: str) -> str | None:
 
 
 def _nano(why: str) -> tuple[Preset, str]:
-    presets = all_presets()
-    if "nano-deci" not in presets:
+    available = all_presets()
+    if "nano-deci" not in available:
         raise UserError(f"auto: {why}, and the offline nano-deci model is not built yet (no data/nano-deci)")
-    return presets["nano-deci"], f"auto: {why}, so the offline nano model"
+    return available["nano-deci"], f"auto: {why}, so the offline nano model"
 
 
 def _decide_auto(device: str) -> tuple[Preset, str]:
@@ -134,9 +139,6 @@ def verify_weights(folder: Path, subfolders=("unet", "vae", "text_encoder")) -> 
 
 def safetensors_header(file: Path) -> tuple[int, dict]:
     """(header length, header) of a safetensors file: tensor names, dtypes, shapes and byte offsets."""
-    import json
-    import struct
-
     with open(file, "rb") as f:
         (length,) = struct.unpack("<Q", f.read(8))
         return length, json.loads(f.read(length))
@@ -218,8 +220,8 @@ def load_pipeline(preset: str | Preset = "auto", device: str | None = None, dtyp
         where = f"{preset.repo_id}@{commit[:10]}" if commit else str(folder)
         if preset.is_nano:  # relative, so printed output is the same on every machine
             where = f"data/{preset.local_dir.name}"
-        print(f"Using {preset.name} ({where}) on {device}, {str(dtype).replace('torch.', '')}, "
-              f"sampler {sampler_line(pipe, preset)}: {why}")
+        _logger.info(f"Using {preset.name} ({where}) on {device}, {str(dtype).replace('torch.', '')}, "
+                    f"sampler {sampler_line(pipe, preset)}: {why}")
     return pipe
 
 
@@ -231,9 +233,7 @@ def load_nano_clip(device: str = "cpu"):
     from safetensors.torch import load_file
     from transformers import CLIPConfig, CLIPModel, CLIPTextModel
 
-    from .presets import data_dir
-
-    folder = data_dir() / "nano-clip"
+    folder = presets.data_dir() / "nano-clip"  # looked up at call time: tests point it elsewhere
     weights = folder / "model_without_token_embedding.safetensors"
     if not weights.is_file():
         raise UserError(f"missing {weights}: rebuild the nano models with `decidiff-lab train-nano`")
@@ -241,6 +241,6 @@ def load_nano_clip(device: str = "cpu"):
     missing, unexpected = clip.load_state_dict(load_file(weights), strict=False)
     if unexpected or [k for k in missing if "token_embedding" not in k]:
         raise UserError(f"{weights} does not match its config.json: rebuild with `decidiff-lab train-nano`")
-    text = CLIPTextModel.from_pretrained(data_dir() / "nano-sd" / "text_encoder", use_safetensors=True)
+    text = CLIPTextModel.from_pretrained(presets.data_dir() / "nano-sd" / "text_encoder", use_safetensors=True)
     clip.text_model.embeddings.token_embedding.load_state_dict(text.embeddings.token_embedding.state_dict())
     return clip.float().eval().to(device)

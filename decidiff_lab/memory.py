@@ -4,27 +4,34 @@
 * On CUDA the VAE decodes one image at a time (its widest activation is per image: 128 channels
   at full resolution); below `LOW_VRAM_GB` also attention slicing, VAE tiling and model CPU
   offload, each announced.
-* `max_images_per_call`: how many images one call can make in the GPU memory that is free,
+* `MAX_IMAGES` per call anywhere; `max_images_per_call`: how many images one call can make in the GPU memory that is free,
   estimated by tracing the U-Net and VAE on the `meta` device (no memory, no weights).
-* fp16 VAEs can overflow into NaN and give black images: `decode` checks each slice, and decodes
-  a bad one again in fp32 with a warning, casting the VAE back afterwards.
+* fp16 VAEs can overflow into NaN and give black images: `decode_latents_safely` checks each
+  slice, and decodes a bad one again in fp32 with a warning, casting the VAE back afterwards.
+  (`vae_tools.decode` is the notebooks' plain decode to uint8 images.)
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import warnings
 import weakref
 
 import torch
 import torch.nn.functional as F
+from diffusers import AutoencoderKL
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from .accounting import build_unet
 from .errors import UserError
 
+_logger = logging.getLogger(__name__)
+
+MAX_IMAGES = 64  # per call; more is a loop over seeds, not one batch
 LOW_VRAM_GB = 12.0
 # Margins for what the trace cannot see: allocator fragmentation and cuDNN/cuBLAS workspaces
 # (a guess, not yet checked against torch.cuda.max_memory_allocated on a T4).
@@ -64,7 +71,7 @@ def place(pipe, device: str, verbose: bool = True):
         else:
             getattr(pipe, method)()
     if plan and verbose:
-        print(f"{vram_gb(device):.0f} GB of GPU memory (< {LOW_VRAM_GB:.0f}): {', '.join(plan)}")
+        _logger.info(f"{vram_gb(device):.0f} GB of GPU memory (< {LOW_VRAM_GB:.0f}): {', '.join(plan)}")
     if "enable_model_cpu_offload" not in plan:
         pipe.to(device)
     return pipe
@@ -134,10 +141,6 @@ def _config_key(model) -> str:
 @functools.lru_cache(maxsize=32)
 def _traced_costs(unet_key: str, vae_key: str, dtype: torch.dtype, height: int, width: int) -> tuple[int, int, int]:
     """(U-Net bytes per image, VAE decode bytes, output bytes per image), traced on meta copies."""
-    from diffusers import AutoencoderKL
-
-    from .accounting import build_unet
-
     unet = _cast(build_unet(json.loads(unet_key)), dtype)
     with torch.device("meta"):
         vae = AutoencoderKL.from_config(json.loads(vae_key))
@@ -152,24 +155,25 @@ def _traced_costs(unet_key: str, vae_key: str, dtype: torch.dtype, height: int, 
         _cast(vae, dt)
         vae.decode(torch.zeros(1, vae.config.latent_channels, height // factor, width // factor, device="meta", dtype=dt))
 
-    decode = peak_activation_bytes(lambda: vae_decode(dtype))
-    if dtype != torch.float32:  # room for `decode`'s fp32 retry: fp32 activations, fp32 weights
+    decode_bytes = peak_activation_bytes(lambda: vae_decode(dtype))
+    if dtype != torch.float32:  # room for `decode_latents_safely`'s fp32 retry: fp32 activations, fp32 weights
         extra_weights = sum(p.numel() for p in vae.parameters()) * (4 - torch.finfo(dtype).bits // 8)
-        decode = max(decode, peak_activation_bytes(lambda: vae_decode(torch.float32)) + extra_weights)
+        decode_bytes = max(decode_bytes, peak_activation_bytes(lambda: vae_decode(torch.float32)) + extra_weights)
     image = 4 * 3 * height * width * torch.finfo(dtype).bits // 8  # the slices, their cat, postprocessing
-    return peak_activation_bytes(unet_step), decode, image
+    return peak_activation_bytes(unet_step), decode_bytes, image
 
 
 def call_activation_bytes(unet, vae, height: int, width: int, num_images: int = 1,
                           dtype: torch.dtype | None = None) -> int:
     """Estimated peak activation memory of one call making `num_images` images: the U-Net on
     the CFG batch, then the VAE decoding one image at a time (margin included)."""
-    per_image, decode, image = _traced_costs(_config_key(unet), _config_key(vae), dtype or unet.dtype, height, width)
-    return _call_bytes(per_image, decode, image, num_images)
+    per_image, decode_bytes, image = _traced_costs(_config_key(unet), _config_key(vae), dtype or unet.dtype,
+                                                   height, width)
+    return _call_bytes(per_image, decode_bytes, image, num_images)
 
 
-def _call_bytes(per_image: int, decode: int, image: int, num_images: int) -> int:
-    return int(ACTIVATION_MARGIN * max(num_images * per_image, decode + num_images * image))
+def _call_bytes(per_image: int, decode_bytes: int, image: int, num_images: int) -> int:
+    return int(ACTIVATION_MARGIN * max(num_images * per_image, decode_bytes + num_images * image))
 
 
 def free_bytes(device) -> int:
@@ -180,9 +184,7 @@ def free_bytes(device) -> int:
 
 def max_images_per_call(pipe, height: int, width: int) -> int:
     """How many images one call can make at height x width in the GPU memory free now (at least 1);
-    `generate.MAX_IMAGES` off CUDA."""
-    from .generate import MAX_IMAGES
-
+    `MAX_IMAGES` off CUDA."""
     device = torch.device(pipe._execution_device)
     if device.type != "cuda":
         return MAX_IMAGES
@@ -208,7 +210,7 @@ def is_bad_image(images: torch.Tensor) -> bool:
 
 
 @torch.no_grad()
-def decode(vae, latents: torch.Tensor, batch: int = 1) -> torch.Tensor:
+def decode_latents_safely(vae, latents: torch.Tensor, batch: int = 1) -> torch.Tensor:
     """VAE decode of scaled latents to [-1, 1] images, `batch` images at a time; a slice that
     overflows in half precision is decoded again in fp32."""
     return torch.cat([_decode_slice(vae, z) for z in latents.split(batch)])

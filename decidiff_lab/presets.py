@@ -29,7 +29,7 @@ REVISIONS = {
 #   "dpm++": DPM-Solver++(2M) built from the repo's noise schedule;
 #   "squeezed-dpm++": Deci 2.0's refined DPM++ from its class defaults ("10,6"), as Deci's own pipeline
 #       samples v2. Not `from_config` of the repo's DDIM config: that carries "trailing" over.
-SAMPLERS = ("repo", "dpm++", "squeezed-dpm++")
+PRESET_SAMPLERS = ("repo", "dpm++", "squeezed-dpm++")
 
 # The comparison rule for SD 1.5, everywhere in the course: 16 DPM-Solver++ steps (the model card's
 # 16-iteration row, and what nano-sd runs) against DeciDiffusion 2.0's 16 squeezed to 10.

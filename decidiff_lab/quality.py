@@ -13,7 +13,8 @@ from tqdm.auto import tqdm
 from . import nano
 from .checker import evaluate
 from .errors import UserError
-from .generate import MAX_IMAGES, generate
+from .generate import generate
+from .memory import MAX_IMAGES
 from .schedulers import make_scheduler
 from .shapes import prompt_set
 

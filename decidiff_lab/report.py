@@ -1,14 +1,19 @@
 """From benchmark records to what notebook 05 shows: breakdowns, speed-up factors, costs, tables.
 
 Everything here takes the plain dicts that `decidiff_lab.bench.bench_pipeline` returns (one per
-preset x steps) and turns them into rows, markdown tables and matplotlib figures. The seed's own
+preset x steps) and turns them into rows, markdown tables (`decidiff_lab.tables.markdown`) and
+matplotlib figures. The seed's own
 figures live here too, as data, every row marked `"quoted": True`: they are Deci's
 measurements on Deci's hardware, shown *beside* ours, never mixed into them.
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 from .bench import decompose_speedup
+from .errors import UserError
+from .tables import markdown
 
 # ------------------------------------------------------------------ the seed's figures (quoted)
 
@@ -42,15 +47,14 @@ def quoted_decomposition() -> dict:
 def quoted_tables_markdown() -> str:
     """Both of the seed's tables as markdown, each headed and labelled as quoted."""
     ai100 = {(r["preset"], r["steps"]): r["seconds_per_image"] for r in QUOTED_AI100}
-    lines = [f"**Quoted** from the {AI100_SOURCE} ({AI100_HARDWARE}; not measured here)", "",
-             "| iterations | DeciDiffusion 2.0 s/image | SD 1.5 s/image | SD 1.5 / Deci |", "|---|---|---|---|"]
-    for steps in (16, 10):
-        deci, sd = ai100[("deci-v2", steps)], ai100[("sd15", steps)]
-        lines.append(f"| {steps} | {deci:.3f} | {sd:.3f} | {sd / deci:.2f}x |")
-    lines += ["", f"**Quoted** from the {QUOTED_A10G[0]['source']} ({QUOTED_A10G[0]['hardware']}; not measured here)",
-              "", "| claim | figure |", "|---|---|"]
-    lines += [f"| {r['claim']} | {r['figure']} |" for r in QUOTED_A10G]
-    return "\n".join(lines)
+    rows = [{"steps": n, "deci": ai100[("deci-v2", n)], "sd": ai100[("sd15", n)],
+             "ratio": ai100[("sd15", n)] / ai100[("deci-v2", n)]} for n in (16, 10)]
+    ai100_table = markdown(rows, [("steps", "iterations", "{}"), ("deci", "DeciDiffusion 2.0 s/image", "{:.3f}"),
+                                  ("sd", "SD 1.5 s/image", "{:.3f}"), ("ratio", "SD 1.5 / Deci", "{:.2f}x")])
+    a10g_table = markdown(QUOTED_A10G, [("claim", "claim", "{}"), ("figure", "figure", "{}")])
+    return "\n".join([f"**Quoted** from the {AI100_SOURCE} ({AI100_HARDWARE}; not measured here)", "", ai100_table, "",
+                      f"**Quoted** from the {QUOTED_A10G[0]['source']} ({QUOTED_A10G[0]['hardware']}; not measured here)",
+                      "", a10g_table])
 
 
 def side_by_side(records: list[dict], deci: str, sd: str, steps=(16, 10)) -> list[dict]:
@@ -60,7 +64,7 @@ def side_by_side(records: list[dict], deci: str, sd: str, steps=(16, 10)) -> lis
     rows = []
     for n in steps:
         if (deci, n) not in ours or (sd, n) not in ours:
-            raise ValueError(f"side_by_side needs records for {deci} and {sd} at {n} steps")
+            raise UserError(f"side_by_side needs records for {deci} and {sd} at {n} steps")
         rows.append({"steps": n, "ours_deci": ours[(deci, n)], "ours_sd": ours[(sd, n)],
                      "ours_speedup": ours[(sd, n)] / ours[(deci, n)],
                      "quoted_deci": quoted[("deci-v2", n)], "quoted_sd": quoted[("sd15", n)],
@@ -80,14 +84,6 @@ SIDE_BY_SIDE_COLUMNS = [
 
 def label(record: dict) -> str:
     return f"{record['preset']} @ {record['steps']}"
-
-
-def markdown(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
-    """A markdown table of `rows`; `columns` = (key, header, format), e.g. ("steps", "steps", "{}")."""
-    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        lines.append("| " + " | ".join(fmt.format(row[key]) for key, _, fmt in columns) + " |")
-    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------ where the time goes
@@ -151,7 +147,6 @@ def plot_decomposition(splits: dict[str, dict], ax=None, title: str = "Speed-up,
     """Grouped bars per split (e.g. {"ours (measured)": ..., "AI 100 (quoted)": ...}):
     fewer steps, cheaper U-Net, their product and the measured total, with a line at 1x."""
     import matplotlib.pyplot as plt
-    import numpy as np
 
     ax = ax or plt.subplots(figsize=(7, 3.4))[1]
     keys = [("fewer_steps", "fewer steps"), ("cheaper_unet", "cheaper U-Net"), ("product", "product"),
@@ -175,7 +170,7 @@ def plot_decomposition(splits: dict[str, dict], ax=None, title: str = "Speed-up,
 def cost_per_10k(seconds_per_image: float, usd_per_hour: float) -> float:
     """Dollars for 10,000 images at one image at a time on a machine rented at `usd_per_hour`."""
     if seconds_per_image <= 0 or usd_per_hour < 0:
-        raise ValueError("seconds_per_image must be > 0 and usd_per_hour >= 0")
+        raise UserError("seconds_per_image must be > 0 and usd_per_hour >= 0")
     return seconds_per_image * 10_000 / 3600 * usd_per_hour
 
 

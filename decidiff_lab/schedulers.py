@@ -2,7 +2,8 @@
 
 `SqueezedDPMSolverMultistepScheduler` is a diffusers `DPMSolverMultistepScheduler` with Deci 2.0's
 defaults and a `squeeze_mode` that turns the 16-step linspace schedule into 10 (or 11) steps.
-`schedule_table` lays out any scheduler's steps (timestep, sigma, log-SNR) for plotting, and
+`schedule_table` lays out any scheduler's steps (timestep, sigma, log-SNR) for plotting,
+`noise_schedule_curves` its training noise schedule (drawn by `plotting.plot_noise_schedules`), and
 `make_scheduler` builds the five schedulers the notebooks compare, by name.
 
 Classifier-free guidance and guidance rescale are not re-implemented here: the diffusers pipeline
@@ -258,6 +259,12 @@ def schedule_table(scheduler, num_inference_steps: int) -> list[dict]:
         }
         for i, t in enumerate(timesteps)
     ]
+
+
+def noise_schedule_curves(scheduler) -> dict:
+    """t, alphas_cumprod and log-SNR = log(ac / (1 - ac)) at every training timestep."""
+    ac = scheduler.alphas_cumprod.double().numpy()
+    return {"t": np.arange(len(ac)), "alphas_cumprod": ac, "log_snr": np.log(ac / (1 - ac))}
 
 
 def check_guidance(guidance_scale: float, guidance_rescale: float = 0.0) -> None:

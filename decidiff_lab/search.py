@@ -22,9 +22,9 @@ from tqdm.auto import tqdm
 
 from . import nano
 from .accounting import count_parameters, unet_flops
+from .bench import cpu_threads
 from .errors import UserError
 from .flexible_unet import FlexibleUNet2DConditionModel
-from .unet_tools import cpu_threads
 
 # 16 -> 10 steps buys 1.6x, so a 3.5x end-to-end speed-up needs a U-Net >= 2.2x cheaper.
 BUDGET_FRACTION = 0.45

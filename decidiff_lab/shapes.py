@@ -32,6 +32,8 @@ from itertools import product
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .errors import UserError
+
 # Saturated hues chosen to stay >= 44 CIE-Lab units apart (red/orange/yellow and blue/purple
 # are the close calls) and far from the background.
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -108,17 +110,17 @@ _PHRASE_TO_POSITION = {v: k for k, v in POSITION_PHRASES.items()}
 
 
 def parse_caption(caption: str) -> tuple[list[tuple[str, str]], str | None, str | None]:
-    """Invert the grammar: (objects as (colour, shape), position, relation). ValueError otherwise."""
+    """Invert the grammar: (objects as (colour, shape), position, relation). UserError (a ValueError) otherwise."""
     if m := _SINGLE_RE.fullmatch(caption):
         objects, position, relation = [(m[2], m[3])], _PHRASE_TO_POSITION[m[4]], None
     elif m := _PAIR_RE.fullmatch(caption):
         objects, position, relation = [(m[2], m[3]), (m[6], m[7])], None, m[4]
         if objects[0] == objects[1]:
-            raise ValueError(f"the two objects must differ: {caption!r}")
+            raise UserError(f"the two objects must differ: {caption!r}")
     else:
-        raise ValueError(f"not a shapes caption: {caption!r}")
+        raise UserError(f"not a shapes caption: {caption!r}")
     if make_caption(objects, position, relation) != caption:  # catches "a orange", "an red"
-        raise ValueError(f"wrong article: {caption!r}")
+        raise UserError(f"wrong article: {caption!r}")
     return objects, position, relation
 
 
@@ -210,8 +212,8 @@ def _place_pair(rng: np.random.Generator, relation: str, qualitative: bool):
     return (first, second) if relation in ("to the left of", "above") else (second, first)
 
 
-def _scene(combo: tuple, kind: str, rng: np.random.Generator, qualitative: bool) -> Scene:
-    if kind == "single":
+def _scene(combo: tuple, layout: str, rng: np.random.Generator, qualitative: bool) -> Scene:
+    if layout == "single":
         color, shape, position = combo
         cx, cy, size = _place_single(rng, position, qualitative)
         objects = (Shape(color, shape, round(cx, 2), round(cy, 2), round(size, 2)),)
@@ -223,15 +225,17 @@ def _scene(combo: tuple, kind: str, rng: np.random.Generator, qualitative: bool)
     return Scene(objects, make_caption([a, b], relation=relation), relation=relation)
 
 
-def sample_scene(rng: np.random.Generator, kind: str = "single", split: str = "train",
+def sample_scene(rng: np.random.Generator, layout: str = "single", split: str = "train",
                  qualitative: bool = False) -> Scene:
     """One random scene: a combination drawn uniformly from the split, then random geometry.
+
+    `layout`: "single" (one object at a position) or "pair" (two objects and a relation).
 
     `qualitative` (phase 3 data): medium shapes near the middle of their third; pairs aligned
     and far apart.
     """
-    combos = _COMBOS[kind, split]
-    return _scene(combos[rng.integers(len(combos))], kind, rng, qualitative)
+    combos = _COMBOS[layout, split]
+    return _scene(combos[rng.integers(len(combos))], layout, rng, qualitative)
 
 
 def swap_roles(caption: str) -> str:
@@ -269,17 +273,17 @@ def curated_scenes(seed: int = 0) -> list[Scene]:
     return [scenes[i] for i in rng.permutation(len(scenes))]
 
 
-def prompt_set(kind: str = "single", split: str = "test", n: int = 30, seed: int = 0) -> list[str]:
+def prompt_set(layout: str = "single", split: str = "test", n: int = 30, seed: int = 0) -> list[str]:
     """n evaluation captions: distinct combinations in random order (cycling if n exceeds them).
 
-    kind: "single", "pair" or "mixed" (half and half).
+    layout: "single", "pair" or "mixed" (half and half).
     """
-    if kind == "mixed":
+    if layout == "mixed":
         return prompt_set("single", split, n - n // 2, seed) + prompt_set("pair", split, n // 2, seed)
-    combos = _COMBOS[kind, split]
+    combos = _COMBOS[layout, split]
     order = np.random.default_rng(seed).permutation(len(combos))
     order = np.resize(order, n)  # cycles when n > len(combos)
-    if kind == "single":
+    if layout == "single":
         return [make_caption([combos[i][:2]], position=combos[i][2]) for i in order]
     return [make_caption([combos[i][0], combos[i][2]], relation=combos[i][1]) for i in order]
 
@@ -316,17 +320,17 @@ def make_dataset(n: int, seed: int = 0, size: int = 64, split: str = "train",
     """
     if subset == "curated":
         if split != "train":
-            raise ValueError("the curated subset is drawn from the training split")
+            raise UserError("the curated subset is drawn from the training split")
         curated = curated_scenes(seed)
         scenes = [curated[i % len(curated)] for i in range(n)]
     elif subset in ("all", "qualitative"):
         rng = np.random.default_rng(seed)
         scenes = []
         for _ in range(n):
-            kind = "pair" if rng.random() < pair_fraction else "single"
-            scenes.append(sample_scene(rng, kind, split, qualitative=subset == "qualitative"))
+            layout = "pair" if rng.random() < pair_fraction else "single"
+            scenes.append(sample_scene(rng, layout, split, qualitative=subset == "qualitative"))
     else:
-        raise ValueError(f"unknown subset {subset!r}")
+        raise UserError(f"unknown subset {subset!r}")
     images = np.empty((n, size, size, 3), dtype=np.uint8)
     for i, scene in enumerate(scenes):
         images[i] = render(scene, size)

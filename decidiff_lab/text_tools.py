@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .shapes import to_tensor
+from .errors import UserError
+from .shapes import POSITION_PHRASES, RELATIONS, make_caption, parse_caption, to_tensor
 
 
 def token_table(tokenizer, text: str, truncation: bool = False) -> list[tuple[int, int, str]]:
@@ -79,8 +80,6 @@ def similarity_matrix(clip, tokenizer, images, captions) -> np.ndarray:
 def placement_variants(caption: str) -> list[str]:
     """The captions that differ from `caption` only in where things are, `caption` first:
     the other four positions of a single object, the other three relations of a pair."""
-    from .shapes import POSITION_PHRASES, RELATIONS, make_caption, parse_caption
-
     objects, position, relation = parse_caption(caption)
     if position:
         return [caption] + [make_caption(objects, position=p) for p in POSITION_PHRASES if p != position]
@@ -131,6 +130,11 @@ class _RecordingProcessor:
         return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
 
 
+class NothingRecordedError(UserError, RuntimeError):
+    """`CrossAttentionRecorder.maps` before any pipeline call ran inside its `with` block (a
+    `UserError`, and a `RuntimeError` as it was before errors had one type)."""
+
+
 class CrossAttentionRecorder:
     """Context manager: record every cross-attention (`attn2`) layer's attention maps during generation.
 
@@ -160,7 +164,7 @@ class CrossAttentionRecorder:
             probs = probs[probs.shape[0] // 2:]
         side = math.isqrt(probs.shape[1])
         if side * side != probs.shape[1]:
-            raise ValueError(f"{probs.shape[1]} positions: the recorder expects square latents")
+            raise UserError(f"{probs.shape[1]} positions: the recorder expects square latents")
         maps = probs.float().transpose(1, 2).reshape(probs.shape[0], probs.shape[2], side, side).cpu()
         self.sums[side] = self.sums.get(side, 0) + maps
         self.calls += 1
@@ -173,7 +177,7 @@ class CrossAttentionRecorder:
     def maps(self, size: int) -> torch.Tensor:
         """N x tokens x size x size: the mean over every recorded layer call, bilinearly resized."""
         if not self.calls:
-            raise RuntimeError("nothing recorded: run the pipeline inside the `with` block")
+            raise NothingRecordedError("nothing recorded: run the pipeline inside the `with` block")
         total = sum(F.interpolate(s, size=(size, size), mode="bilinear", align_corners=False)
                     for s in self.sums.values())
         return total / self.calls

@@ -1,4 +1,4 @@
-"""Looking inside a U-Net while it runs, and drawing noise schedules (notebooks 03 and 04).
+"""Looking inside a U-Net while it runs (notebook 03).
 
 Everything here works through PyTorch forward hooks, so it needs no change to the model and
 works the same on diffusers' `UNet2DConditionModel` (SD 1.5, nano-sd) and on our
@@ -7,12 +7,9 @@ works the same on diffusers' `UNet2DConditionModel` (SD 1.5, nano-sd) and on our
 * `count_calls`: how many times named submodules run in a forward pass (the mid-block quirk).
 * `module_flops`: FLOPs of named submodules during one forward, counted on a `meta` copy.
 * `block_latencies`: measured time per down/mid/up block, median over repeats.
-* `cpu_threads`: run a measurement on a fixed number of CPU threads.
 * `skip_stack_trace`: every skip state pushed on the down path and popped on the up path.
 * `run_order`: the order in which each block really runs its ResNets, attentions and resamplers.
-* `plot_block_bars`, `plot_noise_schedules`, `plot_timesteps`: the matching figures.
-* `text_table`: a plain-text table of rows (dicts), so notebooks print deterministic tables
-  without pandas.
+* `plot_block_bars`: the matching figure (tables of these rows: `decidiff_lab.tables`).
 """
 
 from __future__ import annotations
@@ -23,17 +20,15 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
+from diffusers.models.downsampling import Downsample2D
+from diffusers.models.resnet import ResnetBlock2D
+from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from torch.utils.flop_counter import FlopCounterMode
 
-from .accounting import build_unet
+from .accounting import block_names, build_unet
+from .bench import cpu_threads, synchronize
 
 REST = "rest (conv_in, time embedding, conv_out)"
-
-
-def block_names(unet) -> list[str]:
-    """"down_blocks.0", ..., "mid_block", "up_blocks.0", ...: the U-Net's blocks in run order."""
-    return ([f"down_blocks.{i}" for i in range(len(unet.down_blocks))] + ["mid_block"]
-            + [f"up_blocks.{i}" for i in range(len(unet.up_blocks))])
 
 
 def unet_inputs(unet, side: int | None = None, batch: int = 2, timestep: int = 500, seed: int = 0):
@@ -89,36 +84,13 @@ def module_flops(unet, names, resolution: int = 512, batch: int = 1, vae_factor:
     return rows
 
 
-def _sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-@contextmanager
-def cpu_threads(num_threads: int | None):
-    """`with cpu_threads(1): ...` runs PyTorch's CPU ops on that many threads, then restores the
-    previous setting; None changes nothing.
-
-    Why: on a CPU shared with other busy processes (two notebooks tested in parallel on two
-    cores), multi-threaded kernels wait on each other at every barrier and small models run up to
-    10x slower, with huge spread. One thread per process keeps timings stable and comparable.
-    """
-    previous = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def block_latencies(unet, side: int | None = None, batch: int = 2, repeats: int = 10, warmup: int = 2,
                     num_threads: int | None = None) -> list[dict]:
     """Measured milliseconds per block for one U-Net call (median over `repeats`).
 
     A pre-hook and a hook on each down/mid/up block read the clock around it; the last row,
     `REST`, is the whole call minus the blocks (conv_in, time embedding, conv_out, glue).
-    Rows: block, ms, share (of the whole call's median). `num_threads`: see `cpu_threads`.
+    Rows: block, ms, share (of the whole call's median). `num_threads`: see `bench.cpu_threads`.
     """
     with cpu_threads(num_threads), torch.inference_mode():
         return _block_latencies(unet, side, batch, repeats, warmup)
@@ -132,13 +104,13 @@ def _block_latencies(unet, side, batch, repeats, warmup) -> list[dict]:
 
     def before(name):
         def hook(*_):
-            _sync(device)
+            synchronize(device)
             started[name] = time.perf_counter()
         return hook
 
     def after(name):
         def hook(*_):
-            _sync(device)
+            synchronize(device)
             spent[name] = spent.get(name, 0.0) + time.perf_counter() - started[name]
         return hook
 
@@ -151,10 +123,10 @@ def _block_latencies(unet, side, batch, repeats, warmup) -> list[dict]:
     try:
         for i in range(warmup + repeats):
             spent.clear()
-            _sync(device)
+            synchronize(device)
             start = time.perf_counter()
             unet(*inputs)
-            _sync(device)
+            synchronize(device)
             if i >= warmup:
                 samples["total"].append(time.perf_counter() - start)
                 for name in names:
@@ -187,10 +159,6 @@ def skip_stack_trace(unet, side: int | None = None) -> list[dict]:
     after concatenation) and `matches` (the ResNet's input really ends with that skip tensor).
     Works on any diffusers-style U-Net whose down blocks return (hidden_states, skips).
     """
-    from diffusers.models.downsampling import Downsample2D
-    from diffusers.models.resnet import ResnetBlock2D
-    from diffusers.models.transformers.transformer_2d import Transformer2DModel
-
     unet.eval()
     produced, stack, events, handles = {}, [], [], []
 
@@ -278,34 +246,7 @@ def run_order(unet) -> list[dict]:
              "attentions": len(distinct[b]["A"])} for b in seen]
 
 
-# ------------------------------------------------------------------ tables and figures
-
-
-def text_table(rows: list[dict], columns=None, formats: dict | None = None) -> str:
-    """Rows (dicts) as an aligned plain-text table; `formats` maps a column to a format spec."""
-    columns = list(columns or rows[0])
-    formats = formats or {}
-
-    def cell(row, col):
-        value = row.get(col, "")
-        if value is None:
-            return "-"
-        if col in formats:
-            return format(value, formats[col])
-        if isinstance(value, float):
-            return f"{value:.3g}"
-        if isinstance(value, int) and not isinstance(value, bool):
-            return f"{value:,d}"
-        return str(value)
-
-    cells = [[cell(r, c) for c in columns] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    numeric = [all(isinstance(r.get(c), (int, float)) for r in rows) for c in columns]
-
-    def line(values):
-        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
-
-    return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells])
+# ------------------------------------------------------------------ figures
 
 
 def plot_block_bars(tables: dict, key: str = "gflops", ylabel: str = "GFLOPs per step", title: str | None = None,
@@ -325,47 +266,4 @@ def plot_block_bars(tables: dict, key: str = "gflops", ylabel: str = "GFLOPs per
                                            for b in blocks], fontsize=8)
     ax.set(ylabel=ylabel, title=title or "")
     ax.legend(fontsize=8)
-    return ax
-
-
-def noise_schedule_curves(scheduler) -> dict:
-    """t, alphas_cumprod and log-SNR = log(ac / (1 - ac)) at every training timestep."""
-    ac = scheduler.alphas_cumprod.double().numpy()
-    return {"t": np.arange(len(ac)), "alphas_cumprod": ac, "log_snr": np.log(ac / (1 - ac))}
-
-
-def plot_noise_schedules(schedulers: dict, axes=None):
-    """Two panels, alphas_cumprod and log-SNR vs t, one line per (label, scheduler)."""
-    import matplotlib.pyplot as plt
-
-    axes = axes if axes is not None else plt.subplots(1, 2, figsize=(10, 3.5))[1]
-    for label, scheduler in schedulers.items():
-        curves = noise_schedule_curves(scheduler)
-        axes[0].plot(curves["t"], curves["alphas_cumprod"], label=label)
-        axes[1].plot(curves["t"], curves["log_snr"], label=label)
-    axes[0].set(xlabel="training timestep t", ylabel="alphas_cumprod (signal kept)", title="How much signal is left")
-    axes[1].set(xlabel="training timestep t", ylabel="log-SNR", title="log signal-to-noise ratio")
-    for ax in axes:
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    axes[0].figure.tight_layout()
-    return axes
-
-
-def plot_timesteps(timesteps: dict, ax=None, num_train_timesteps: int = 1000):
-    """One row per schedule: a dot at each timestep the sampler visits (left: pure noise)."""
-    import matplotlib.pyplot as plt
-
-    ax = ax or plt.subplots(figsize=(9, 0.6 + 0.55 * len(timesteps)))[1]
-    labels = list(timesteps)
-    for row, label in enumerate(labels):
-        ts = [int(t) for t in timesteps[label]]
-        ax.plot(ts, [row] * len(ts), "o", markersize=5)
-        ax.hlines(row, min(ts), max(ts), alpha=0.3)
-    ax.set_yticks(range(len(labels)), [f"{label} ({len(timesteps[label])})" for label in labels], fontsize=8)
-    ax.set_xlim(num_train_timesteps, -10)
-    ax.set_ylim(len(labels) - 0.5, -0.5)
-    ax.set(xlabel="timestep (sampling runs left to right, from noise to image)")
-    ax.grid(axis="x", alpha=0.3)
-    ax.figure.tight_layout()
     return ax

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from diffusers import AutoencoderKL
+from torch.utils.flop_counter import FlopCounterMode
 
+from .errors import UserError
 from .shapes import to_tensor
 
 
@@ -50,14 +53,14 @@ def psnr(reference, reconstruction, mask=None):
     a = np.asarray(reference, dtype=np.float64)
     b = np.asarray(reconstruction, dtype=np.float64)
     if a.shape != b.shape:
-        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+        raise UserError(f"shapes differ: {a.shape} vs {b.shape}")
     squared = ((a - b) ** 2).mean(axis=-1)  # per pixel, over RGB
     if mask is None:
         mask = np.ones(squared.shape, dtype=bool)
     mask = np.broadcast_to(np.asarray(mask, dtype=bool), squared.shape)
     pixels = mask.sum(axis=(-2, -1))
     if np.any(pixels == 0):
-        raise ValueError("the mask selects no pixel in at least one image")
+        raise UserError("the mask selects no pixel in at least one image")
     mse = (squared * mask).sum(axis=(-2, -1)) / pixels
     with np.errstate(divide="ignore"):
         return 10 * np.log10(255.0**2 / mse)
@@ -100,7 +103,7 @@ def latent_shape(vae, image_size: int) -> tuple[int, int, int]:
     """(channels, height, width) of the latent of a square image: factor 2 per encoder block after the first."""
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     if image_size % factor:
-        raise ValueError(f"image size {image_size} is not a multiple of the VAE's factor {factor}")
+        raise UserError(f"image size {image_size} is not a multiple of the VAE's factor {factor}")
     return (vae.config.latent_channels, image_size // factor, image_size // factor)
 
 
@@ -111,9 +114,6 @@ def compression_ratio(image_shape, latent_shape) -> float:
 
 def decode_flops(vae, image_size: int) -> int:
     """FLOPs of one decode of a square image, counted on a `meta` copy (no memory, any size)."""
-    from diffusers import AutoencoderKL
-    from torch.utils.flop_counter import FlopCounterMode
-
     with torch.device("meta"):
         meta = AutoencoderKL(**{k: v for k, v in dict(vae.config).items() if not k.startswith("_")})
         z = torch.zeros(1, *latent_shape(vae, image_size))

@@ -4,14 +4,12 @@ import os
 
 import pytest
 import torch
-from diffusers import AutoencoderKL
+from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from decidiff_lab.flexible_unet import FlexibleUNet2DConditionModel
 from decidiff_lab.presets import data_dir
-
-from decidiff_lab.architectures import flexible_config
-
-TEXT_DIM = 16
+from tiny_parts import TEXT_DIM, tiny_flexible_config
 
 # Under pytest-xdist two workers share the two cores: one torch thread each, or they oversubscribe
 # the CPU and run several times slower.
@@ -21,16 +19,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than a few seconds (deselect with -m 'not slow')")
-
-
-def tiny_flexible_config(**overrides):
-    kwargs = dict(
-        channels=(32, 64), down_resnets=(1, 1), down_attentions=(1, 0), up_attentions=(0, 1),
-        num_attention_heads=2, cross_attention_dim=TEXT_DIM, sample_size=8,
-        stem_channels=32, norm_num_groups=8,
-    )
-    kwargs.update(overrides)
-    return flexible_config(**kwargs)
 
 
 @pytest.fixture
@@ -56,6 +44,33 @@ def tiny_text_encoder():
 @pytest.fixture(scope="session")
 def clip_tokenizer():
     return CLIPTokenizer.from_pretrained(data_dir() / "clip-tokenizer")
+
+
+@pytest.fixture
+def make_tiny_pipe(tiny_config, tiny_vae, tiny_text_encoder, clip_tokenizer):
+    """Builds a real StableDiffusionPipeline of the tiny parts above. By default its U-Net is a FlexibleUNet
+    of `tiny_config` (seeded 0, in eval mode) and its scheduler DPM-Solver++; pass `unet` or `scheduler` to
+    replace either. The progress bar is off."""
+
+    def make(unet=None, scheduler=None):
+        if unet is None:
+            torch.manual_seed(0)
+            unet = FlexibleUNet2DConditionModel(tiny_config).eval()
+        if scheduler is None:
+            scheduler = DPMSolverMultistepScheduler()
+        pipe = StableDiffusionPipeline(vae=tiny_vae, text_encoder=tiny_text_encoder, tokenizer=clip_tokenizer,
+                                       unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    return make
+
+
+@pytest.fixture
+def tiny_pipe(make_tiny_pipe):
+    """The default tiny pipeline (see `make_tiny_pipe`)."""
+    return make_tiny_pipe()
 
 
 @pytest.fixture(scope="session")

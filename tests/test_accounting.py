@@ -7,7 +7,7 @@ from decidiff_lab import architectures as arch
 from decidiff_lab.accounting import (architecture_summary, build_components, build_unet, count_parameters,
                                      safetensors_nbytes, unet_block_table, unet_flops)
 from decidiff_lab.flexible_unet import FlexibleUNet2DConditionModel
-from conftest import tiny_flexible_config
+from tiny_parts import tiny_flexible_config
 
 SD15 = {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}
 V2_CHECKPOINT_BYTES = 1_050_614_888  # Deci/DeciDiffusion-v2-0 flexible_unet/diffusion_pytorch_model.safetensors

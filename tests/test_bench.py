@@ -2,30 +2,14 @@
 
 import pytest
 import torch
-from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
 from decidiff_lab import bench
-from decidiff_lab.flexible_unet import FlexibleUNet2DConditionModel
 from decidiff_lab.schedulers import make_scheduler
 
 FIELDS = ("preset", "steps", "seconds_per_image", "unet_seconds_per_step", "unet_seconds_per_step_no_cfg",
           "scheduler_seconds_per_step", "text_encoder_seconds", "vae_decode_seconds", "peak_memory_bytes",
           "gflops_per_unet_step", "achieved_gflops", "matmul_peak_gflops", "peak_fraction", "images_per_second",
           "spread_fraction", "harness_overhead_fraction")
-
-
-def _tiny_pipe(config, vae, text_encoder, tokenizer, scheduler):
-    torch.manual_seed(0)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=None,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    pipe.register_modules(unet=FlexibleUNet2DConditionModel(config).eval())
-    return pipe
-
-
-@pytest.fixture
-def tiny_pipe(tiny_config, tiny_vae, tiny_text_encoder, clip_tokenizer):
-    return _tiny_pipe(tiny_config, tiny_vae, tiny_text_encoder, clip_tokenizer, DPMSolverMultistepScheduler())
 
 
 def test_time_call_runs_warmup_then_repeats():
@@ -48,9 +32,9 @@ def _record_syncs(monkeypatch):
 
 def test_sync_waits_for_the_gpu_that_is_timed(monkeypatch):
     calls = _record_syncs(monkeypatch)
-    bench._sync("cuda:1")
-    bench._sync(torch.device("mps"))
-    bench._sync("cpu")
+    bench.synchronize("cuda:1")
+    bench.synchronize(torch.device("mps"))
+    bench.synchronize("cpu")
     assert calls == [("cuda", torch.device("cuda:1")), ("mps", None)]
 
 
@@ -88,8 +72,8 @@ def test_bench_record_has_every_field_and_consistent_arithmetic(tiny_pipe):
     assert tiny_pipe._progress_bar_config == {"leave": False}  # restored after the benchmark
 
 
-def test_component_times_with_the_squeezed_scheduler(tiny_config, tiny_vae, tiny_text_encoder, clip_tokenizer):
-    pipe = _tiny_pipe(tiny_config, tiny_vae, tiny_text_encoder, clip_tokenizer, make_scheduler("squeezed-dpm++"))
+def test_component_times_with_the_squeezed_scheduler(make_tiny_pipe):
+    pipe = make_tiny_pipe(scheduler=make_scheduler("squeezed-dpm++"))
     parts = bench.component_times(pipe, steps=10, repeats=1, warmup=0)
     assert set(parts) == {"text_encoder_seconds", "unet_seconds_per_step", "unet_seconds_per_step_no_cfg",
                           "scheduler_seconds_per_step", "vae_decode_seconds"}

@@ -18,7 +18,7 @@ def data():
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_ground_truth(data, split):
     report = checker.evaluate(data[split].images, data[split].captions)
-    assert report["overall"] >= 0.99, checker.format_report(report)
+    assert report["overall"] >= 0.99, checker.format_scores(report)
     assert report["single"]["accuracy"] >= 0.99 and report["pair"]["accuracy"] >= 0.99
 
 
@@ -95,10 +95,10 @@ def test_evaluate_mixed():
     assert report["single"]["shape"] == pytest.approx((n_single - 5) / n_single)
     assert report["single"]["color"] == 1.0 and report["pair"]["accuracy"] == 1.0
     assert report["overall"] == pytest.approx(35 / 40)
-    table = checker.format_report(report)
+    table = checker.format_scores(report)
     assert "single" in table and "pair" in table and "overall" in table
     empty = checker.evaluate([], [])
-    assert empty["overall"] is None and "-" in checker.format_report(empty)
+    assert empty["overall"] is None and "-" in checker.format_scores(empty)
 
 
 def test_mild_blur(data):

@@ -2,13 +2,12 @@ import json
 
 import pytest
 import torch
-from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 
 from decidiff_lab.flexible_unet import (FlexibleDownCell, FlexibleMidCell, FlexibleUNet2DConditionModel,
                                         validate_configurations)
-from conftest import TEXT_DIM, tiny_flexible_config
+from tiny_parts import TEXT_DIM
 
 
 def _inputs(batch=2, side=8):
@@ -112,15 +111,11 @@ def test_mid_block_quirk_first_resnet_runs_twice(tiny_config):
     assert len(calls) == 2
 
 
-def test_runs_inside_stable_diffusion_pipeline(tiny_config, tiny_vae, tiny_text_encoder):
-    unet = FlexibleUNet2DConditionModel(tiny_config)
-    pipe = StableDiffusionPipeline(vae=tiny_vae, text_encoder=tiny_text_encoder, tokenizer=None, unet=unet,
-                                   scheduler=DPMSolverMultistepScheduler(), safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
+def test_runs_inside_stable_diffusion_pipeline(tiny_pipe):
+    assert isinstance(tiny_pipe.unet, FlexibleUNet2DConditionModel)
     embeds = torch.randn(1, 77, TEXT_DIM)
-    image = pipe(prompt_embeds=embeds, negative_prompt_embeds=torch.zeros_like(embeds), height=8, width=8,
-                 num_inference_steps=3, output_type="np", generator=torch.Generator().manual_seed(0)).images
+    image = tiny_pipe(prompt_embeds=embeds, negative_prompt_embeds=torch.zeros_like(embeds), height=8, width=8,
+                      num_inference_steps=3, output_type="np", generator=torch.Generator().manual_seed(0)).images
     assert image.shape == (1, 8, 8, 3)
     assert (image >= 0).all() and (image <= 1).all()
 

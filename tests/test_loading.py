@@ -2,7 +2,7 @@ import time
 
 import pytest
 import torch
-from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline
 
 from decidiff_lab import hub, loading
 from decidiff_lab.errors import UserError
@@ -47,18 +47,9 @@ def test_uncached_hub_preset_offline_says_how_to_fetch(monkeypatch, tmp_path):
     assert time.perf_counter() - start < 10
 
 
-def _save_tiny_pipeline(folder, config, vae, text_encoder, tokenizer):
-    torch.manual_seed(0)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                                   unet=FlexibleUNet2DConditionModel(config), scheduler=DPMSolverMultistepScheduler(),
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(folder)
-    return pipe
-
-
-def test_loads_a_local_flexible_pipeline_folder(tmp_path, tiny_config, tiny_vae, tiny_text_encoder, clip_tokenizer,
-                                                capsys):
-    original = _save_tiny_pipeline(tmp_path, tiny_config, tiny_vae, tiny_text_encoder, clip_tokenizer)
+def test_loads_a_local_flexible_pipeline_folder(tmp_path, tiny_pipe, capsys):
+    original = tiny_pipe
+    original.save_pretrained(tmp_path)
     preset = Preset("tiny", "test", local_dir=tmp_path, flexible_unet=True)
     pipe = loading.load_pipeline(preset, device="cpu")
     assert "Using tiny" in capsys.readouterr().out

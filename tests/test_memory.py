@@ -7,28 +7,16 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
 from decidiff_lab import memory
 from decidiff_lab.accounting import build_components
 from decidiff_lab.errors import UserError
-from decidiff_lab.flexible_unet import FlexibleUNet2DConditionModel
-from decidiff_lab.generate import MAX_IMAGES, generate
+from decidiff_lab.generate import generate
+from decidiff_lab.memory import MAX_IMAGES
 
 GIB = 2**30
 T4_USABLE = 15 * GIB  # what a 16 GB T4 leaves to PyTorch
 LARGEST_CALL = 24  # notebooks 03 and 04: 12 + 12 checker prompts in one generate call
-
-
-@pytest.fixture
-def tiny_pipe(tiny_config, tiny_vae, tiny_text_encoder, clip_tokenizer):
-    torch.manual_seed(0)
-    pipe = StableDiffusionPipeline(vae=tiny_vae, text_encoder=tiny_text_encoder, tokenizer=clip_tokenizer,
-                                   unet=FlexibleUNet2DConditionModel(tiny_config),
-                                   scheduler=DPMSolverMultistepScheduler(), safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def _gpu(monkeypatch, gib):
@@ -81,14 +69,14 @@ def test_bad_images_are_detected():
 
 def test_decode_goes_slice_by_slice_and_matches_one_batch(tiny_vae, monkeypatch):
     latents = torch.randn(3, 4, 4, 4)
-    whole = memory.decode(tiny_vae, latents, batch=3)
+    whole = memory.decode_latents_safely(tiny_vae, latents, batch=3)
     sizes = []
     real = tiny_vae.decode
     monkeypatch.setattr(tiny_vae, "decode", lambda z, **kw: sizes.append(len(z)) or real(z, **kw))
-    assert torch.allclose(memory.decode(tiny_vae, latents), whole, atol=1e-5)
+    assert torch.allclose(memory.decode_latents_safely(tiny_vae, latents), whole, atol=1e-5)
     assert sizes == [1, 1, 1]
     sizes.clear()
-    memory.decode(tiny_vae, latents, batch=2)
+    memory.decode_latents_safely(tiny_vae, latents, batch=2)
     assert sizes == [2, 1]
 
 
@@ -107,12 +95,12 @@ def test_a_nan_decode_is_redone_in_fp32_and_leaves_the_pipeline_working(tiny_pip
     monkeypatch.setattr(vae, "decode", nan_the_first_time)
     latents = torch.randn(2, 4, 8, 8)
     with pytest.warns(UserWarning, match="decoding again in float32"):
-        images = memory.decode(vae, latents)
+        images = memory.decode_latents_safely(vae, latents)
     assert seen == [dtype, torch.float32, dtype]  # only the bad slice was redone
     assert torch.isfinite(images).all() and images.dtype == dtype and vae.dtype == dtype
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert torch.isfinite(memory.decode(vae, latents)).all()
+        assert torch.isfinite(memory.decode_latents_safely(vae, latents)).all()
         images = generate(tiny_pipe, ["a red circle on the left", "a blue square"], steps=2, seed=0)
     assert not [w for w in caught if "decoding again" in str(w.message)]  # no retry: all in `dtype`
     assert seen[3:] == [dtype] * 4 and images.shape == (2, 8, 8, 3) and vae.dtype == dtype
@@ -125,7 +113,7 @@ def test_a_really_overflowing_fp16_vae_is_decoded_in_fp32_then_cast_back(tiny_pi
     vae.to(torch.float16)
     latents = torch.randn(1, 4, 4, 4, dtype=torch.float16)
     with pytest.warns(UserWarning, match="decoding again in float32"):
-        images = memory.decode(vae, latents)
+        images = memory.decode_latents_safely(vae, latents)
     assert torch.isfinite(images).all() and vae.dtype == torch.float16
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
 from diffusers import DiffusionPipeline, StableDiffusionPipeline
 from PIL import Image
 
@@ -20,7 +21,8 @@ from decidiff_lab.loading import load_nano_clip, load_pipeline, resolve_preset
 from decidiff_lab.presets import data_dir
 from decidiff_lab.schedulers import SqueezedDPMSolverMultistepScheduler
 from decidiff_lab.shapes import make_dataset, to_tensor
-from decidiff_lab.training import Recipe, build_nano_unet, train_unet_phase
+from decidiff_lab.training.recipe import Recipe
+from decidiff_lab.training.unet import build_nano_unet, train_unet_phase
 
 DATA = data_dir()
 
@@ -120,7 +122,7 @@ def test_a_short_training_run_lowers_the_loss():
                "text_states": torch.randn(3, 77, nano.TEXT_DIM), "empty_id": 2}
     recipe = Recipe(unet_batch=8, unet_lr=3e-3)
     row = train_unet_phase(unet, noise_scheduler, tensors, samples=8 * 40, recipe=recipe, lr_schedule="cosine",
-                           desc="smoke")
+                           seed=0, accelerator=Accelerator(cpu=True), desc="smoke")
     assert row["steps"] == 40 and row["loss_last"] < row["loss_first"]
 
 
@@ -142,7 +144,7 @@ def test_auto_on_a_gpu_with_a_hanging_hub_falls_back_within_4_seconds(monkeypatc
 
 
 def test_training_log_keeps_every_stage_column(tmp_path):
-    from decidiff_lab.training import log_row
+    from decidiff_lab.training.logs import log_row
 
     log = tmp_path / "log.csv"
     log_row(log, {"stage": "vae", "steps": 3, "psnr_db": 30.1})
@@ -153,7 +155,7 @@ def test_training_log_keeps_every_stage_column(tmp_path):
 
 @pytest.mark.slow
 def test_clip_stage_logs_whether_it_tells_positions_apart(tmp_path, clip_tokenizer):
-    from decidiff_lab.training import train_clip
+    from decidiff_lab.training.encoders import train_clip
 
     recipe = Recipe(clip_minutes=0.005, clip_batch=4)
     train_clip(make_dataset(8, seed=0), clip_tokenizer, recipe, tmp_path / "log.csv")
@@ -166,7 +168,7 @@ def test_clip_stage_logs_whether_it_tells_positions_apart(tmp_path, clip_tokeniz
 def test_quick_recipe_trains_unets_on_the_shipped_encoders(monkeypatch, tmp_path):
     from decidiff_lab import presets
     from decidiff_lab.errors import UserError
-    from decidiff_lab.training import shipped_encoders
+    from decidiff_lab.training.encoders import shipped_encoders
 
     assert Recipe.quick().reuse_shipped_encoders and not Recipe().reuse_shipped_encoders
     vae, clip = shipped_encoders()
@@ -177,15 +179,15 @@ def test_quick_recipe_trains_unets_on_the_shipped_encoders(monkeypatch, tmp_path
 
 
 def test_vae_learning_rate_decays_with_the_time_budget_not_a_step_guess():
-    from decidiff_lab.training import _cosine_in_time
+    from decidiff_lab.training.encoders import cosine_in_time
 
-    assert _cosine_in_time(0, 0.0) == pytest.approx(0.01)  # warm-up
-    assert _cosine_in_time(500, 0.5) == pytest.approx(0.5)
-    assert _cosine_in_time(500, 1.0) == pytest.approx(0.0, abs=1e-12)  # at the deadline, whatever the step
+    assert cosine_in_time(0, 0.0) == pytest.approx(0.01)  # warm-up
+    assert cosine_in_time(500, 0.5) == pytest.approx(0.5)
+    assert cosine_in_time(500, 1.0) == pytest.approx(0.0, abs=1e-12)  # at the deadline, whatever the step
 
 
 def test_multi_positive_loss_is_cross_entropy_over_every_right_answer():
-    from decidiff_lab.training import _multi_positive_loss
+    from decidiff_lab.training.encoders import _multi_positive_loss
 
     logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 1.0]])
     one = torch.tensor([[True, False, False], [False, True, False]])
@@ -207,7 +209,7 @@ def test_swap_roles():
 def test_relations_stage_trains_from_twins_and_logs_pair_placement(tmp_path, clip_tokenizer):
     from transformers import CLIPConfig, CLIPModel
 
-    from decidiff_lab.training import train_clip_relations
+    from decidiff_lab.training.encoders import train_clip_relations
 
     torch.manual_seed(0)
     clip = CLIPModel(CLIPConfig(text_config=nano.CLIP_TEXT, vision_config=nano.CLIP_VISION,
@@ -227,7 +229,7 @@ def test_a_finished_stage_is_loaded_not_trained_again(tmp_path):
     # What makes train_nano resumable: the first call trains and saves, the second only loads.
     from diffusers import AutoencoderKL
 
-    from decidiff_lab.training import _resumed
+    from decidiff_lab.training.encoders import resumed_stage
 
     calls = []
 
@@ -235,7 +237,7 @@ def test_a_finished_stage_is_loaded_not_trained_again(tmp_path):
         calls.append(1)
         return AutoencoderKL(block_out_channels=(8,), norm_num_groups=4, latent_channels=4)
 
-    first = _resumed(tmp_path / "vae", AutoencoderKL, train)
-    again = _resumed(tmp_path / "vae", AutoencoderKL, train)
+    first = resumed_stage(tmp_path / "vae", AutoencoderKL, train)
+    again = resumed_stage(tmp_path / "vae", AutoencoderKL, train)
     assert len(calls) == 1 and not again.training
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))

@@ -1,6 +1,9 @@
 """The set-up path: pyproject and environment.yml agree, CI runs the README's command."""
 
+import os
 import re
+import shlex
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -52,11 +55,28 @@ def test_ci_runs_the_readme_test_commands():
     assert "make test" in workflow
 
 
+def _make_setup_commands(**env) -> list[list[str]]:
+    """The commands `make setup` would run on a fresh checkout, as words (`make -n -B`: printed, none run)."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("TORCH", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    out = subprocess.run(["make", "-n", "-B", "--no-print-directory", "-C", str(ROOT), "setup"], env={**clean, **env},
+                         capture_output=True, text=True, check=True).stdout
+    return [shlex.split(line) for line in out.splitlines()]
+
+
+def _pip_installs(commands: list[list[str]]) -> list[list[str]]:
+    """What each `python -m pip install` installs, in order: its arguments less the `--` options."""
+    return [[w for w in words[4:] if not w.startswith("--")] for words in commands
+            if words[1:4] == ["-m", "pip", "install"]]
+
+
 def test_makefile_pins_the_local_cpu_torch_before_the_package():
-    makefile = (ROOT / "Makefile").read_text()
-    assert "TORCH  ?= torch==2.13.0" in makefile
-    assert makefile.index("$(TORCH)") < makefile.index('-e ".[lab,test]"')
-    assert "--name decidiff-lab" in makefile
+    commands = _make_setup_commands()
+    installs = _pip_installs(commands)
+    assert installs.index(["torch==2.13.0"]) < installs.index(["-e", ".[lab,test]"])
+    kernel = next(words for words in commands if words[1:4] == ["-m", "ipykernel", "install"])
+    assert kernel[kernel.index("--name") + 1] == "decidiff-lab"
+    # The pin is only a default: TORCH from the environment replaces it.
+    assert ["torch"] in _pip_installs(_make_setup_commands(TORCH="torch"))
 
 
 def test_no_remote_code_or_pickle_loading_in_the_package_or_notebooks():

@@ -8,13 +8,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import UNet2DConditionModel
 
 from decidiff_lab.errors import UserError
 from decidiff_lab.quality import SAMPLERS, plot_quality_vs_steps, quality_vs_steps, sampler_for, summarize
 from decidiff_lab.schedulers import SqueezedDPMSolverMultistepScheduler
-from decidiff_lab.unet_tools import cpu_threads
-from conftest import TEXT_DIM
+from decidiff_lab.bench import cpu_threads
+from tiny_parts import TEXT_DIM
 
 
 @pytest.fixture(autouse=True)
@@ -27,15 +27,13 @@ PROMPTS = ["a red circle on the left", "a blue square above a green triangle"]
 
 
 @pytest.fixture
-def pipe(tiny_vae, tiny_text_encoder, clip_tokenizer):
+def pipe(make_tiny_pipe):
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
         sample_size=8, block_out_channels=(8, 16), layers_per_block=1, cross_attention_dim=TEXT_DIM,
         norm_num_groups=4, attention_head_dim=2, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
-    pipe = StableDiffusionPipeline(vae=tiny_vae, text_encoder=tiny_text_encoder, tokenizer=clip_tokenizer, unet=unet,
-                                   scheduler=SqueezedDPMSolverMultistepScheduler(), safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
+    pipe = make_tiny_pipe(unet=unet, scheduler=SqueezedDPMSolverMultistepScheduler())
     pipe.set_progress_bar_config(leave=False)
     return pipe
 

@@ -7,7 +7,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from decidiff_lab import report  # noqa: E402
+from decidiff_lab import report, tables  # noqa: E402
 
 
 def _record(preset, steps, seconds, unet=0.02, text=0.01, sched=0.001, vae=0.03, achieved=40.0, peak=200.0):
@@ -83,13 +83,13 @@ def test_side_by_side_puts_ours_beside_the_quoted_table():
     assert [r["steps"] for r in rows] == [16, 10]
     assert rows[0]["ours_speedup"] == pytest.approx(3.0)
     assert rows[1]["quoted_speedup"] == pytest.approx(1.684 / 0.971)
-    assert "AI 100 (quoted)" in report.markdown(rows, report.SIDE_BY_SIDE_COLUMNS)
+    assert "AI 100 (quoted)" in tables.markdown(rows, report.SIDE_BY_SIDE_COLUMNS)
     with pytest.raises(ValueError, match="at 10 steps"):
         report.side_by_side(records[:2], "d", "s")
 
 
 def test_markdown_formats_each_column():
-    text = report.markdown([{"a": 1, "b": 0.12345}], [("a", "A", "{}"), ("b", "B", "{:.2f}")])
+    text = tables.markdown([{"a": 1, "b": 0.12345}], [("a", "A", "{}"), ("b", "B", "{:.2f}")])
     assert text.splitlines() == ["| A | B |", "|---|---|", "| 1 | 0.12 |"]
 
 

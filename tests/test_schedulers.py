@@ -6,13 +6,7 @@ import math
 
 import pytest
 import torch
-from diffusers import (
-    AutoencoderKL,
-    DPMSolverMultistepScheduler,
-    StableDiffusionPipeline,
-    UNet2DConditionModel,
-)
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from diffusers import DPMSolverMultistepScheduler, UNet2DConditionModel
 
 from decidiff_lab.schedulers import (
     SCHEDULERS,
@@ -23,6 +17,7 @@ from decidiff_lab.schedulers import (
     schedule_table,
     squeeze_timesteps,
 )
+from tiny_parts import TEXT_DIM
 
 DECI_10_6 = [998, 936, 873, 811, 748, 686, 548, 411, 274, 137]
 DECI_16 = [998, 936, 873, 811, 748, 686, 624, 561, 499, 437, 374, 312, 250, 187, 125, 62]
@@ -166,7 +161,7 @@ def test_final_sigma_both_types():
 # --- running it -----------------------------------------------------------------------------
 
 
-def tiny_unet():
+def tiny_unet(cross_attention_dim=8):
     torch.manual_seed(0)
     return UNet2DConditionModel(
         sample_size=8,
@@ -174,7 +169,7 @@ def tiny_unet():
         out_channels=4,
         block_out_channels=(8, 16),
         layers_per_block=1,
-        cross_attention_dim=8,
+        cross_attention_dim=cross_attention_dim,
         norm_num_groups=4,
         attention_head_dim=2,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
@@ -197,57 +192,9 @@ def test_denoising_loop_runs_all_squeezed_steps():
     assert torch.isfinite(latents).all()
 
 
-def tiny_tokenizer(folder):
-    # A byte-level BPE vocab of single letters is enough for short lowercase prompts.
-    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
-    tokens = letters + [c + "</w>" for c in letters] + ["<|startoftext|>", "<|endoftext|>"]
-    (folder / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(tokens)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
-
-
-def tiny_pipeline(folder):
-    tokenizer = tiny_tokenizer(folder)
-    torch.manual_seed(0)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            hidden_size=8,
-            intermediate_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=1,
-            vocab_size=1000,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(8,),
-        down_block_types=("DownEncoderBlock2D",),
-        up_block_types=("UpDecoderBlock2D",),
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=8,
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=tiny_unet(),
-        scheduler=SqueezedDPMSolverMultistepScheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def test_stable_diffusion_pipeline_runs_10_unet_steps(tmp_path):
-    pipe = tiny_pipeline(tmp_path)
+def test_stable_diffusion_pipeline_runs_10_unet_steps(make_tiny_pipe):
+    unet = tiny_unet(cross_attention_dim=TEXT_DIM)  # as wide as the shared tiny text encoder
+    pipe = make_tiny_pipe(unet=unet, scheduler=SqueezedDPMSolverMultistepScheduler())
     calls, totals = [], []
     pipe.unet.register_forward_hook(lambda *_: calls.append(1))
     progress_bar = pipe.progress_bar

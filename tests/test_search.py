@@ -13,8 +13,8 @@ import torch
 from decidiff_lab.accounting import build_unet
 from decidiff_lab.errors import UserError
 from decidiff_lab.search import candidates, plot_search, search, unet_latencies
-from decidiff_lab.unet_tools import cpu_threads
-from conftest import TEXT_DIM, tiny_flexible_config
+from decidiff_lab.bench import cpu_threads
+from tiny_parts import TEXT_DIM, tiny_flexible_config
 
 
 @pytest.fixture(autouse=True)

@@ -5,13 +5,12 @@ import logging
 import numpy as np
 import pytest
 import torch
-from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 from transformers import CLIPConfig, CLIPModel
 
-from conftest import TEXT_DIM
 from decidiff_lab import text_tools
 from decidiff_lab.flexible_unet import FlexibleUNet2DConditionModel
 from decidiff_lab.shapes import make_dataset
+from tiny_parts import TEXT_DIM
 
 PROMPT = "a photo of an astronaut riding a horse on Mars"
 IDS = [49406, 320, 1125, 539, 550, 18376, 6765, 320, 4558, 525, 7496, 49407]
@@ -44,18 +43,14 @@ def test_encode_text_shapes_and_causal_prefix(clip_tokenizer, tiny_text_encoder)
     assert single.shape == (1, 77, TEXT_DIM)
 
 
-def test_captured_warnings_catch_the_pipeline_truncation(clip_tokenizer, tiny_text_encoder, tiny_vae, tiny_config):
-    pipe = StableDiffusionPipeline(vae=tiny_vae, text_encoder=tiny_text_encoder, tokenizer=clip_tokenizer,
-                                   unet=FlexibleUNet2DConditionModel(tiny_config),
-                                   scheduler=DPMSolverMultistepScheduler(), safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
+def test_captured_warnings_catch_the_pipeline_truncation(tiny_pipe):
     before = list(logging.getLogger("diffusers").handlers)
     with text_tools.captured_warnings() as messages:
-        pipe.encode_prompt("a red circle on the left " * 20, "cpu", 1, False)
+        tiny_pipe.encode_prompt("a red circle on the left " * 20, "cpu", 1, False)
     assert len(messages) == 1 and "truncated" in messages[0] and "77 tokens" in messages[0]
     assert logging.getLogger("diffusers").handlers == before
     with text_tools.captured_warnings() as messages:
-        pipe.encode_prompt("a red circle on the left", "cpu", 1, False)
+        tiny_pipe.encode_prompt("a red circle on the left", "cpu", 1, False)
     assert messages == []
 
 

@@ -13,12 +13,13 @@ from diffusers import UNet2DConditionModel
 from decidiff_lab import architectures as arch
 from decidiff_lab.accounting import build_unet, unet_flops
 from decidiff_lab.flexible_unet import FlexibleUNet2DConditionModel
-from decidiff_lab.schedulers import make_scheduler
+from decidiff_lab.plotting import plot_noise_schedules, plot_timesteps
+from decidiff_lab.schedulers import make_scheduler, noise_schedule_curves
+from decidiff_lab.tables import text_table
 from decidiff_lab.unet_tools import (REST, block_latencies, block_names, count_calls, module_flops,
-                                     noise_schedule_curves, plot_block_bars, plot_noise_schedules,
-                                     plot_timesteps, run_order, skip_stack_trace, text_table, unet_inputs)
-from decidiff_lab.unet_tools import cpu_threads
-from conftest import TEXT_DIM, tiny_flexible_config
+                                     plot_block_bars, run_order, skip_stack_trace, unet_inputs)
+from decidiff_lab.bench import cpu_threads
+from tiny_parts import TEXT_DIM, tiny_flexible_config
 
 
 @pytest.fixture(autouse=True)
@@ -174,7 +175,7 @@ def test_run_order_shows_cells_and_the_repeated_mid_resnet():
 
 
 def test_cpu_threads_sets_and_restores():
-    from decidiff_lab.unet_tools import cpu_threads
+    from decidiff_lab.bench import cpu_threads
 
     before = torch.get_num_threads()
     with cpu_threads(before + 1):

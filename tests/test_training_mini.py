@@ -12,9 +12,12 @@ import torch  # noqa: E402
 from diffusers import AutoencoderKL  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
 
-from decidiff_lab import mini_recipe as mr  # noqa: E402
 from decidiff_lab import nano  # noqa: E402
-from decidiff_lab.training import build_nano_unet  # noqa: E402
+from decidiff_lab.errors import UserError  # noqa: E402
+from decidiff_lab.training import evaluation, logs, mini, plots  # noqa: E402
+from decidiff_lab.training.data import FrozenParts, phase_data  # noqa: E402
+from decidiff_lab.training.recipe import PHASES, QUOTED_RECIPE, Recipe, quoted_recipe_markdown  # noqa: E402
+from decidiff_lab.training.unet import build_nano_unet  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -30,49 +33,48 @@ def parts():
                                         num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=77))
     for module in (vae, text):
         module.eval().requires_grad_(False)
-    return mr.FrozenParts(vae, text, CLIPTokenizer.from_pretrained(data_dir() / "clip-tokenizer"))
+    return FrozenParts(vae, text, CLIPTokenizer.from_pretrained(data_dir() / "clip-tokenizer"))
 
 
 @pytest.fixture(scope="module")
 def recipe():
-    return mr.mini_recipe(train_images=16, qualitative_images=8, unet_samples=4 * 8, unet_batch=4,
-                          phase_fractions=(0.25, 0.25, 0.25, 0.25))
+    return Recipe.mini(train_images=16, qualitative_images=8, curated_images=8, unet_samples=4 * 8, unet_batch=4,
+                       phase_fractions=(0.25, 0.25, 0.25, 0.25))
 
 
 @pytest.fixture(scope="module")
 def phases(recipe, parts):
-    return mr.phase_data(recipe, parts, curated_images=8)
+    return phase_data(recipe, parts)
 
 
 @pytest.fixture(scope="module")
 def run(recipe, parts, phases):
-    return mr.run_mini_recipe(recipe, parts, phases, prompts_per_kind=1, validation_images=4)
+    return mini.run_mini(recipe, parts, phases, prompts_per_kind=1, validation_images=4)
 
 
-def test_mini_recipe_overrides_and_keeps_four_phases():
-    recipe = mr.mini_recipe(unet_samples=1000)
-    assert recipe.unet_samples == 1000 and len(recipe.phase_fractions) == len(mr.PHASES) == 4
+def test_the_mini_recipe_overrides_and_keeps_four_phases():
+    recipe = Recipe.mini(unet_samples=1000)
+    assert recipe.unet_samples == 1000 and len(recipe.phase_fractions) == len(PHASES) == 4
     assert sum(recipe.phase_fractions) == pytest.approx(1.0)
 
 
 def test_phase_data_follows_the_recipe(phases):
-    assert [p.name for p in phases] == [p[0] for p in mr.PHASES]
-    assert [p.ema for p in phases] == [False, False, True, True]
+    assert [p.name for p in phases] == [p.name for p in PHASES]
+    assert [p.spec.ema for p in phases] == [False, False, True, True]
     assert phases[0].tensors["latents"].shape[-1] == nano.LOW_RES // 8  # 32 px -> 4x4 latents
     assert phases[1].tensors["latents"].shape[-1] == nano.IMAGE_SIZE // 8
     assert [p.images for p in phases] == [16, 16, 8, 8]
 
 
 def test_run_gives_one_row_per_checkpoint(run):
-    assert [r["phase"] for r in run.rows] == ["0 untrained"] + [p[0] for p in mr.PHASES]
+    assert [r["phase"] for r in run.rows] == ["0 untrained"] + [p.name for p in PHASES]
     seen = [r["samples_seen"] for r in run.rows]
     assert seen == [0, 8, 16, 24, 32]
     for row in run.rows:
-        assert all(0.0 <= row[k] <= 1.0 for k in mr.SCORE_KEYS)
+        assert all(0.0 <= row[k] <= 1.0 for k in evaluation.SCORE_KEYS)
         assert math.isfinite(row["val_loss"])
-    assert set(run.baseline) == set(mr.DENOISE_KEYS) and all(0 <= v <= 1 for v in run.baseline.values())
-    assert set(run.seconds) == {r["phase"] for r in run.rows}
-    assert set(run.train_seconds) == {p[0] for p in mr.PHASES}
+    assert set(run.baseline) == set(evaluation.DENOISE_KEYS) and all(0 <= v <= 1 for v in run.baseline.values())
+    assert set(run.train_seconds) == {p.name for p in PHASES}
 
 
 def test_training_lowers_the_validation_loss(run):
@@ -81,52 +83,52 @@ def test_training_lowers_the_validation_loss(run):
 
 def test_denoising_loss_is_deterministic(recipe, parts):
     unet, scheduler = build_nano_unet("nano-deci")
-    batch = mr.validation_batch(recipe, parts, n=8)
+    batch = mini.validation_batch(recipe, parts, n=8)
     unet.train()
-    first = mr.denoising_loss(unet, scheduler, batch, seed=3)
-    assert first == mr.denoising_loss(unet, scheduler, batch, seed=3) and first > 0
+    first = evaluation.denoising_loss(unet, scheduler, batch, seed=3)
+    assert first == evaluation.denoising_loss(unet, scheduler, batch, seed=3) and first > 0
     assert unet.training  # scored in eval mode, handed back as it came
 
 
 def test_read_log_parses_numbers_and_counts_samples(tmp_path):
     path = tmp_path / "nano-deci_phases.csv"
     path.write_text("phase,steps,samples,loss_first,single_acc\n1 low-res,10,640,0.5,\n2 full-res,20,1280,0.25,0.75\n")
-    rows = mr.read_log(path)
+    rows = logs.read_log(path)
     assert rows[0] == {"phase": "1 low-res", "steps": 10, "samples": 640, "loss_first": 0.5, "single_acc": None,
                        "samples_seen": 640}
     assert rows[1]["samples_seen"] == 1920 and rows[1]["single_acc"] == 0.75
-    assert mr.shipped_phase_logs(tmp_path) == {"nano-deci": rows}
+    assert logs.shipped_phase_logs(tmp_path) == {"nano-deci": rows}
 
 
 def test_missing_logs_are_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="train-nano"):
-        mr.shipped_phase_logs(tmp_path)
+    with pytest.raises(UserError, match="train-nano"):
+        logs.shipped_phase_logs(tmp_path)
 
 
 def test_plots_show_every_score_and_both_losses(run):
-    ax = mr.plot_scores(run.rows)
-    assert len(ax.get_legend().get_texts()) == len(mr.GENERATION_KEYS)
-    ax = mr.plot_scores(run.rows, keys=mr.DENOISE_KEYS, baseline=run.baseline)
-    assert len(ax.lines) == 2 * len(mr.DENOISE_KEYS) + len(run.rows) - 1  # curves, baselines, phase marks
-    ax = mr.plot_losses(run.rows)
+    ax = plots.plot_scores(run.rows)
+    assert len(ax.get_legend().get_texts()) == len(evaluation.GENERATION_KEYS)
+    ax = plots.plot_scores(run.rows, keys=evaluation.DENOISE_KEYS, baseline=run.baseline)
+    assert len(ax.lines) == 2 * len(evaluation.DENOISE_KEYS) + len(run.rows) - 1  # curves, baselines, phase marks
+    ax = plots.plot_losses(run.rows)
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["training loss (phase start, end)",
                                                                     "validation loss (fixed batch)"]
-    assert len(mr.plot_curves(run.rows, title="toy", baseline=run.baseline).axes) == 3
+    assert len(plots.plot_curves(run.rows, title="toy", baseline=run.baseline).axes) == 3
     shipped_like = [{k: v for k, v in r.items() if not k.startswith(("denoise", "val_"))} for r in run.rows[1:]]
-    assert len(mr.plot_curves(shipped_like).axes) == 2
+    assert len(plots.plot_curves(shipped_like).axes) == 2
     plt.close("all")
 
 
 def test_quoted_recipe_is_labelled_and_derives_samples():
-    assert all(r["quoted"] for r in mr.QUOTED_RECIPE) and len(mr.QUOTED_RECIPE) == 4
-    assert mr.QUOTED_RECIPE[0]["samples"] == 1_280_000 * 18_432 and mr.QUOTED_RECIPE[3]["samples"] is None
-    text = mr.quoted_recipe_markdown()
+    assert all(r["quoted"] for r in QUOTED_RECIPE) and len(QUOTED_RECIPE) == 4
+    assert QUOTED_RECIPE[0]["samples"] == 1_280_000 * 18_432 and QUOTED_RECIPE[3]["samples"] is None
+    text = quoted_recipe_markdown()
     assert text.startswith("**Quoted**") and "| 1 | from scratch at 256x256, a 320 M-sample LAION-v2 subset | 1,280,000 | 18,432 | 23.59 B |" in text
     assert "LAMB, lr 5e-3" in text
 
 
 def test_describe_phases_counts_what_was_precomputed(recipe, phases):
-    rows = mr.describe_phases(phases, recipe)
+    rows = mini.describe_phases(phases, recipe)
     assert [r["resolution"] for r in rows] == ["32x32", "64x64", "64x64", "64x64"]
     assert rows[0]["latents"] == "16x4x4x4" and rows[1]["latents"] == "16x4x8x8"
     assert rows[1]["text_states"].endswith(f"x77x{nano.TEXT_DIM}")
@@ -143,38 +145,38 @@ def test_predicted_clean_inverts_the_forward_process(prediction_type):
     t = torch.tensor([10, 500, 900])
     noisy = scheduler.add_noise(x0, noise, t)
     truth = scheduler.get_velocity(x0, noise, t) if prediction_type == "v_prediction" else noise
-    assert torch.allclose(mr.predicted_clean(scheduler, noisy, truth, t), x0, atol=1e-4)
+    assert torch.allclose(evaluation.predicted_clean(scheduler, noisy, truth, t), x0, atol=1e-4)
     ac = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
-    assert torch.allclose(mr.predicted_clean(scheduler, noisy, None, t), noisy / ac.sqrt())
+    assert torch.allclose(evaluation.predicted_clean(scheduler, noisy, None, t), noisy / ac.sqrt())
 
 
 def test_denoised_images_are_uint8_images_with_and_without_a_unet(recipe, parts):
     unet, scheduler = build_nano_unet("nano-deci")
-    batch = mr.validation_batch(recipe, parts, n=3)
+    batch = mini.validation_batch(recipe, parts, n=3)
     assert len(batch["captions"]) == 3
     for model in (unet, None):
-        images = mr.denoised_images(model, scheduler, parts, batch, timestep=500)
+        images = evaluation.denoised_images(model, scheduler, parts, batch, timestep=500)
         assert images.shape == (3, 64, 64, 3) and images.dtype.name == "uint8"
-    first = mr.denoised_images(unet, scheduler, parts, batch, limit=1)
-    whole = mr.denoised_images(unet, scheduler, parts, batch)
+    first = evaluation.denoised_images(unet, scheduler, parts, batch, limit=1)
+    whole = evaluation.denoised_images(unet, scheduler, parts, batch)
     assert first.shape == (1, 64, 64, 3) and abs(first[0].astype(int) - whole[0].astype(int)).max() <= 1
-    scores = mr.denoise_scores(None, scheduler, parts, batch)
-    assert set(scores) == set(mr.DENOISE_KEYS)
+    scores = evaluation.denoise_scores(None, scheduler, parts, batch)
+    assert set(scores) == set(evaluation.DENOISE_KEYS)
 
 
 def test_training_step_seconds_times_each_case_and_leaves_the_weights(parts, phases):
     unet, noise_scheduler = build_nano_unet("nano-deci")
     before = {k: v.clone() for k, v in unet.state_dict().items()}
     cases = {"low": (unet, noise_scheduler, phases[0].tensors), "full": (unet, noise_scheduler, phases[1].tensors)}
-    seconds = mr.training_step_seconds(cases, batch=4, rounds=2, steps=1)
+    seconds = mini.training_step_seconds(cases, batch=4, rounds=2, steps=1)
     assert set(seconds) == {"low", "full"} and all(0 < s < 1 for s in seconds.values())
     assert all(torch.equal(before[k], v) for k, v in unet.state_dict().items())
     assert all(p.grad is None for p in unet.parameters())
 
 
 def test_an_ablation_can_be_scored_at_its_end_only(recipe, parts, phases, run):
-    end_only = mr.run_mini_recipe(recipe, parts, phases, prompts_per_kind=1, validation_images=4,
+    end_only = mini.run_mini(recipe, parts, phases, prompts_per_kind=1, validation_images=4,
                                   score_each_phase=False)
-    assert [r["phase"] for r in end_only.rows] == ["0 untrained", mr.PHASES[-1][0]]
+    assert [r["phase"] for r in end_only.rows] == ["0 untrained", PHASES[-1].name]
     assert end_only.rows[-1]["samples_seen"] == run.rows[-1]["samples_seen"]
     assert end_only.rows[-1]["val_loss"] == run.rows[-1]["val_loss"]  # same seeds, same run, fewer scores

@@ -1,0 +1,171 @@
+"""The training package: one recipe, one loop, explicit seeds, resumable, and the same on 1 and 2 processes."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+from accelerate import Accelerator
+from diffusers import DDPMScheduler
+from safetensors.torch import load_file
+
+from decidiff_lab import nano
+from decidiff_lab.errors import UserError
+from decidiff_lab.training import PHASES, Recipe
+from decidiff_lab.training.data import Phase
+from decidiff_lab.training.recipe import check_recipe, save_recipe
+from decidiff_lab.training.unet import build_nano_unet, objective, train_unet
+
+# Every phase two global batches of 8, no checker scoring: the loop, not the model, is under test.
+TINY = dict(train_images=16, qualitative_images=8, curated_images=8, unet_samples=64, unet_batch=8,
+            phase_fractions=[0.25] * 4, lr_warmup_steps=1, score_prompts=0, reuse_shipped_encoders=True)
+
+
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon"])
+def test_objective_is_min_snr_5_on_the_schedules_target(prediction_type):
+    scheduler = DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type)
+    gen = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(3, 4, 8, 8, generator=gen), torch.randn(3, 4, 8, 8, generator=gen)
+    t = torch.tensor([5, 500, 990])
+    target, weight = objective(scheduler, x0, noise, t)
+    ac = scheduler.alphas_cumprod[t]
+    snr = ac / (1 - ac)  # written out by hand: diffusers' compute_snr must agree
+    if prediction_type == "v_prediction":
+        v = ac.sqrt().view(-1, 1, 1, 1) * noise - (1 - ac).sqrt().view(-1, 1, 1, 1) * x0
+        assert torch.allclose(target, v, atol=1e-6)
+        assert torch.allclose(weight, torch.minimum(snr, torch.tensor(5.0)) / (snr + 1))
+    else:
+        assert torch.equal(target, noise)
+        assert torch.allclose(weight, torch.minimum(snr, torch.tensor(5.0)) / snr)
+
+
+def test_recipes_share_one_phase_table_and_whole_batches():
+    assert [p.name for p in PHASES] == ["1 low-res from scratch", "2 full-res", "3 EMA + qualitative",
+                                         "4 curated fine-tune"]
+    assert [p.ema for p in PHASES] == [False, False, True, True]
+    mini = Recipe.mini(unet_samples=1000)
+    assert mini.unet_samples == 1000 and mini.phase_samples() == [448, 320, 64, 64]
+    assert Recipe.quick().reuse_shipped_encoders and not Recipe().reuse_shipped_encoders
+    assert Recipe(unet_samples=10, unet_batch=8).phase_samples() == [8] * 4  # at least one batch each
+
+
+def test_building_a_unet_is_seeded_and_leaves_the_global_seed_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    a, _ = build_nano_unet("nano-deci", seed=1)
+    assert torch.equal(torch.rand(3), expected)  # the caller's random stream is where it was
+    b, _ = build_nano_unet("nano-deci", seed=1)
+    c, _ = build_nano_unet("nano-deci", seed=2)
+    first = next(iter(a.state_dict()))
+    assert torch.equal(a.state_dict()[first], b.state_dict()[first])
+    assert not torch.equal(a.state_dict()[first], c.state_dict()[first])
+
+
+def test_a_workdir_of_another_recipe_is_refused(tmp_path):
+    save_recipe(Recipe(), tmp_path)
+    check_recipe(Recipe(unet_minutes=5.0), tmp_path)  # a time cap stops a stage, it does not define it
+    with pytest.raises(UserError, match=r"another recipe \(unet_lr differ\).*--workdir"):
+        check_recipe(Recipe(unet_lr=1e-2), tmp_path)
+    check_recipe(Recipe(unet_lr=1e-2), tmp_path / "fresh")  # nothing saved there: nothing to check
+
+
+def _phases(n_latents=8):
+    gen = torch.Generator().manual_seed(0)
+    tensors = {"latents": torch.randn(n_latents, 4, 8, 8, generator=gen), "caption_ids": torch.arange(n_latents) % 2,
+               "text_states": torch.randn(3, 77, nano.TEXT_DIM, generator=gen), "empty_id": 2}
+    return [Phase(spec, n_latents, tensors) for spec in PHASES]
+
+
+def test_the_loop_resumes_from_its_phase_checkpoints(tmp_path):
+    recipe = Recipe(**{**TINY, "phase_fractions": (0.25,) * 4})
+    scored = []
+
+    def score(unet):
+        scored.append(1)
+        return {"scored": len(scored)}
+
+    unet, noise_scheduler = build_nano_unet("nano-deci")
+    rows = train_unet(unet, noise_scheduler, _phases(), recipe, "nano-deci", score=score,
+                      accelerator=Accelerator(cpu=True), checkpoints=tmp_path)
+    assert [r["steps"] for r in rows] == [2] * 4 and len(scored) == 4
+    assert sorted(p.name for p in (tmp_path / "nano-deci").iterdir()) == [f"phase-{i}" for i in range(1, 5)]
+    again, _ = build_nano_unet("nano-deci")
+    resumed = train_unet(again, noise_scheduler, _phases(), recipe, "nano-deci", score=score,
+                         accelerator=Accelerator(cpu=True), checkpoints=tmp_path)
+    assert len(scored) == 4  # nothing trained or scored again
+    assert [r["losses"] for r in resumed] == [r["losses"] for r in rows]
+    assert all(torch.equal(a, b) for a, b in zip(unet.state_dict().values(), again.state_dict().values()))
+    saved = load_file(tmp_path / "nano-deci" / "phase-4" / "unet.safetensors")  # the raw weights, not EMA's
+    assert set(saved) == set(unet.state_dict())
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_a_clear_error():
+    class TwoProcesses(Accelerator):
+        num_processes = 2  # only the check before the first step reads it
+
+    recipe = Recipe(**{**TINY, "unet_batch": 7})
+    unet, noise_scheduler = build_nano_unet("nano-deci")
+    with pytest.raises(UserError, match="unet_batch 7 does not split over 2 processes"):
+        train_unet(unet, noise_scheduler, _phases(), recipe, "nano-deci", accelerator=TwoProcesses(cpu=True))
+
+
+def _train_nano(tmp_path, name, processes, recipe_file, check=True):
+    launch = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
+              if processes > 1 else [sys.executable])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    out = subprocess.run([*launch, "-m", "decidiff_lab", "train-nano", "--recipe", str(recipe_file),
+                          "--only", "nano-deci", "--out", str(tmp_path / f"out-{name}"),
+                          "--workdir", str(tmp_path / f"work-{name}")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    if check:
+        assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def _losses(tmp_path, name):
+    with (tmp_path / f"work-{name}" / "nano-deci_losses.csv").open() as f:
+        return [float(r["loss"]) for r in csv.DictReader(f)]
+
+
+@pytest.mark.slow
+def test_two_processes_follow_the_one_process_loss_curve_and_resume(tmp_path):
+    recipe_file = tmp_path / "tiny.json"
+    recipe_file.write_text(json.dumps(TINY))
+    _train_nano(tmp_path, "one", 1, recipe_file)
+    _train_nano(tmp_path, "two", 2, recipe_file)
+    one, two = _losses(tmp_path, "one"), _losses(tmp_path, "two")
+    assert len(one) == len(two) == 8
+    # The same global batch, sliced over gloo processes: only the order of float sums differs.
+    assert max(abs(a - b) for a, b in zip(one, two)) < 1e-5
+    weights = [load_file(tmp_path / f"out-{n}" / "nano-deci" / "unet" / "diffusion_pytorch_model.safetensors")
+               for n in ("one", "two")]
+    assert max((weights[0][k].float() - weights[1][k].float()).abs().max().item() for k in weights[0]) < 1e-2
+    assert json.loads((tmp_path / "out-two" / "recipe.json").read_text())["unet_batch"] == 8
+    # Rerun: every phase is loaded from its checkpoint, the curve is the same.
+    _train_nano(tmp_path, "two", 2, recipe_file)
+    assert _losses(tmp_path, "two") == two
+    # Another recipe in the same workdir: a one-line error that names the fix, exit 2.
+    recipe_file.write_text(json.dumps({**TINY, "unet_lr": 1e-2}))
+    refused = _train_nano(tmp_path, "two", 1, recipe_file, check=False)
+    assert refused.returncode == 2 and "another recipe (unet_lr differ)" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_the_quoted_recipes_gpu_hours_follow_from_its_steps_and_batches():
+    from decidiff_lab.accounting import build_components, unet_flops
+    from decidiff_lab.training.cost import H100_BF16_TFLOPS, quoted_recipe_gpu_hours
+
+    floor = quoted_recipe_gpu_hours()
+    assert [r["phase"] for r in floor] == ["1", "2", "3"]  # phase 4's steps are not stated
+    unet = build_components("deci-v2")["unet"]
+    expected = 3 * unet_flops(unet, 256) * 1_280_000 * 18_432 / (H100_BF16_TFLOPS * 1e12) / 3600
+    assert floor[0]["gpu_hours"] == pytest.approx(expected)
+    at_40 = quoted_recipe_gpu_hours(utilization=0.4)
+    assert all(b["gpu_hours"] == pytest.approx(a["gpu_hours"] / 0.4) for a, b in zip(floor, at_40))
+    with pytest.raises(UserError, match="share of peak"):
+        quoted_recipe_gpu_hours(utilization=40)

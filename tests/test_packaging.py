@@ -87,3 +87,13 @@ def test_no_remote_code_or_pickle_loading_in_the_package_or_notebooks():
     for path in paths:
         text = path.read_text()
         assert not [f for f in forbidden if f in text], path
+
+
+def test_the_readme_layout_lists_every_module():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):readme.index("## Other machines")]
+    package = Path(__file__).resolve().parent.parent / "decidiff_lab"
+    for path in sorted(package.rglob("*.py")):
+        name = path.relative_to(package).as_posix()
+        listed = f"`{name}`" in layout or f"`decidiff_lab/{name}`" in layout
+        assert listed, f"README's layout table does not list {name}"

@@ -17,6 +17,7 @@ from decidiff_lab import nano
 from decidiff_lab.errors import UserError
 from decidiff_lab.training import PHASES, Recipe
 from decidiff_lab.training.data import Phase
+from decidiff_lab.training.evaluation import predicted_clean
 from decidiff_lab.training.recipe import check_recipe, save_recipe
 from decidiff_lab.training.unet import build_nano_unet, objective, train_unet
 
@@ -25,11 +26,15 @@ TINY = dict(train_images=16, qualitative_images=8, curated_images=8, unet_sample
             phase_fractions=[0.25] * 4, lr_warmup_steps=1, score_prompts=0, reuse_shipped_encoders=True)
 
 
-@pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon"])
-def test_objective_is_min_snr_5_on_the_schedules_target(prediction_type):
+def _forward_process(prediction_type):
     scheduler = DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type)
     gen = torch.Generator().manual_seed(0)
-    x0, noise = torch.randn(3, 4, 8, 8, generator=gen), torch.randn(3, 4, 8, 8, generator=gen)
+    return scheduler, torch.randn(3, 4, 8, 8, generator=gen), torch.randn(3, 4, 8, 8, generator=gen)
+
+
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon"])
+def test_objective_is_min_snr_5_on_the_schedules_target(prediction_type):
+    scheduler, x0, noise = _forward_process(prediction_type)
     t = torch.tensor([5, 500, 990])
     target, weight = objective(scheduler, x0, noise, t)
     ac = scheduler.alphas_cumprod[t]
@@ -41,6 +46,17 @@ def test_objective_is_min_snr_5_on_the_schedules_target(prediction_type):
     else:
         assert torch.equal(target, noise)
         assert torch.allclose(weight, torch.minimum(snr, torch.tensor(5.0)) / snr)
+
+
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon"])
+def test_predicted_clean_inverts_the_forward_process(prediction_type):
+    scheduler, x0, noise = _forward_process(prediction_type)
+    t = torch.tensor([10, 500, 900])
+    noisy = scheduler.add_noise(x0, noise, t)
+    truth = scheduler.get_velocity(x0, noise, t) if prediction_type == "v_prediction" else noise
+    assert torch.allclose(predicted_clean(scheduler, noisy, truth, t), x0, atol=1e-4)
+    ac = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    assert torch.allclose(predicted_clean(scheduler, noisy, None, t), noisy / ac.sqrt())
 
 
 def test_recipes_share_one_phase_table_and_whole_batches():

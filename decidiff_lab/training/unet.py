@@ -108,6 +108,8 @@ def train_unet_phase(model, noise_scheduler, tensors: dict, samples: int, recipe
             ema.step(accelerator.unwrap_model(model).parameters())
         losses.append(accelerator.gather(loss.detach()[None]).mean().item())  # the global batch's loss
         if deadline and time.monotonic() > deadline:
+            accelerator.set_trigger()
+        if deadline and accelerator.check_trigger():  # all processes stop at the same step, or DDP would hang
             break
     model.eval()
     if text_encoder is not None:

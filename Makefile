@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 NOTEBOOKS := $(wildcard notebooks/*.ipynb notebooks/solutions/*.ipynb)
 # The two that train U-Nets take a third of the time: started first, the rest fill in beside them.
-SLOWEST   := notebooks/06_training_recipe.ipynb notebooks/solutions/06_training_recipe_solutions.ipynb
+SLOWEST   := notebooks/07_training_recipe.ipynb notebooks/solutions/07_training_recipe_solutions.ipynb
 NOTEBOOKS := $(SLOWEST) $(filter-out $(SLOWEST),$(NOTEBOOKS))
 
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

@@ -1,4 +1,4 @@
-"""From benchmark records to what notebook 05 shows: breakdowns, speed-up factors, costs, tables.
+"""From benchmark records to what notebook 06 shows: breakdowns, speed-up factors, costs, tables.
 
 Everything here takes the plain dicts that `decidiff_lab.bench.bench_pipeline` returns (one per
 preset x steps) and turns them into rows, markdown tables (`decidiff_lab.tables.markdown`) and

@@ -16,7 +16,7 @@ from decidiff_lab.memory import MAX_IMAGES
 
 GIB = 2**30
 T4_USABLE = 15 * GIB  # what a 16 GB T4 leaves to PyTorch
-LARGEST_CALL = 24  # notebooks 03 and 04: 12 + 12 checker prompts in one generate call
+LARGEST_CALL = 24  # notebooks 03 and 05: 12 + 12 checker prompts in one generate call
 
 
 def _gpu(monkeypatch, gib):

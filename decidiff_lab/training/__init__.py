@@ -6,7 +6,7 @@
 - `unet`: the objective and the one U-Net loop (Accelerate: any device, any number of processes);
 - `evaluation`: scores after each phase (checker, validation loss, one-step denoising);
 - `train`: `train_nano`, the whole recipe (`decidiff-lab train-nano`);
-- `mini`: notebook 06's small run of the same loop; `logs`, `plots`: its CSVs and figures.
+- `mini`: notebook 07's small run of the same loop; `logs`, `plots`: its CSVs and figures.
 """
 
 from .recipe import PHASES, Recipe

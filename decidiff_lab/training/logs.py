@@ -1,4 +1,4 @@
-"""Training logs: CSV rows written by each stage and phase, read back for notebook 06's plots."""
+"""Training logs: CSV rows written by each stage and phase, read back for notebook 07's plots."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Notebook 06's run: the recipe's four phases on one fresh U-Net, small enough for a notebook.
+"""Notebook 07's run: the recipe's four phases on one fresh U-Net, small enough for a notebook.
 
 The same phase table (`recipe.PHASES`), data (`data.phase_data`) and loop (`unet.train_unet`) as
 `train-nano`, with a smaller `Recipe.mini()` and three differences that make it an exercise:

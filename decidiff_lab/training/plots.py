@@ -1,4 +1,4 @@
-"""Notebook 06's figures: loss and checker accuracy against samples seen, phase by phase."""
+"""Notebook 07's figures: loss and checker accuracy against samples seen, phase by phase."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def plot_losses(rows: list[dict], ax=None, title: str = "Loss per phase"):
 
 
 def plot_curves(rows: list[dict], title: str = "", baseline: dict | None = None):
-    """Loss and checker accuracy against samples seen: the figure notebook 06 shows for a run
+    """Loss and checker accuracy against samples seen: the figure notebook 07 shows for a run
     (three panels: loss, denoising score, generation score) or for a shipped log (two)."""
     denoise = DENOISE_KEYS[0] in rows[0]
     fig, axes = plt.subplots(1, 3 if denoise else 2, figsize=(15 if denoise else 12, 3.8))

@@ -57,7 +57,7 @@ class Recipe:
 
     @classmethod
     def mini(cls, **overrides) -> "Recipe":
-        """Notebook 06's run: one U-Net, about a minute of training on one CPU thread.
+        """Notebook 07's run: one U-Net, about a minute of training on one CPU thread.
 
         Half the samples go to the cheap 32x32 phase; the learning rate is higher than the shipped
         recipe's, because each short phase spends most of its steps in the warm-up. The size is set by
@@ -80,7 +80,7 @@ class PhaseSpec(NamedTuple):
     ema: bool  # EMA from this phase on: DeciDiffusion keeps it for the last phases only
 
 
-# DeciDiffusion's four phases, in miniature (FACTS.md): the one table train-nano and notebook 06 share.
+# DeciDiffusion's four phases, in miniature (FACTS.md): the one table train-nano and notebook 07 share.
 PHASES = (
     PhaseSpec("1 low-res from scratch", nano.LOW_RES, "all", "cosine", False),
     PhaseSpec("2 full-res", nano.IMAGE_SIZE, "all", "cosine", False),

@@ -120,7 +120,7 @@ def train_nano(out_dir: Path, workdir: Path, recipe: Recipe | None = None, only:
         save_clip_vision(clip, out_dir / "nano-clip")
         logs = out_dir / "nano-logs"
         logs.mkdir(parents=True, exist_ok=True)
-        for csv_file in workdir.glob("*.csv"):  # the curves notebook 06 plots, the loss per step
+        for csv_file in workdir.glob("*.csv"):  # the curves notebook 07 plots, the loss per step
             shutil.copy(csv_file, logs / csv_file.name)
         shutil.copy(workdir / RECIPE_FILE, out_dir / RECIPE_FILE)  # the recipe beside what it made
     accelerator.wait_for_everyone()

@@ -1,4 +1,4 @@
-"""The U-Net phases: one loop, used by `train-nano` and by notebook 06's mini run alike.
+"""The U-Net phases: one loop, used by `train-nano` and by notebook 07's mini run alike.
 
 Read top to bottom: the objective (v or epsilon target, min-SNR weight), one phase of LAMB steps
 on precomputed tensors, then `train_unet`, which walks the four phases with EMA, scoring and

@@ -13,7 +13,7 @@ from ..schedulers import make_scheduler
 from ..shapes import prompt_set
 from ..vae_tools import decode
 from .data import FrozenParts
-from .unet import objective, weighted_loss
+from .unet import diffusion_loss
 
 # The checker's scores per checkpoint: images generated from pure noise for held-out captions (the
 # shipped logs' columns) and one-step reconstructions of held-out images noised half-way ("denoise").
@@ -58,12 +58,11 @@ def _fixed_noise(tensors: dict, noise_scheduler, seed: int, timestep: int | None
 def denoising_loss(unet, noise_scheduler, tensors: dict, seed: int = 0) -> float:
     """The training objective (min-SNR-weighted) on a fixed batch: same noise, same timesteps each call."""
     x0, noise, t = _fixed_noise(tensors, noise_scheduler, seed)
-    target, weight = objective(noise_scheduler, x0, noise, t)
     was_training = unet.training
     unet.eval()
-    pred = unet(noise_scheduler.add_noise(x0, noise, t), t, tensors["text_states"][tensors["caption_ids"]]).sample
+    loss = diffusion_loss(unet, noise_scheduler, x0, noise, t, tensors["text_states"][tensors["caption_ids"]])
     unet.train(was_training)
-    return float(weighted_loss(pred, target, weight))
+    return float(loss)
 
 
 def predicted_clean(noise_scheduler, noisy, pred, t):

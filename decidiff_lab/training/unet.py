@@ -55,6 +55,26 @@ def weighted_loss(pred, target, weight):
     return (weight * ((pred.float() - target) ** 2).mean(dim=(1, 2, 3))).mean()
 
 
+def draw_batch(tensors: dict, batch: int, caption_dropout: float, num_train_timesteps: int, gen: torch.Generator):
+    """One training batch from precomputed tensors: (latents, caption ids, noise, timesteps).
+
+    A `caption_dropout` share of captions becomes the empty prompt, so the U-Net also learns the
+    unconditional prediction classifier-free guidance needs."""
+    idx = torch.randint(0, len(tensors["latents"]), (batch,), generator=gen)
+    ids = tensors["caption_ids"][idx].clone()
+    ids[torch.rand(len(ids), generator=gen) < caption_dropout] = tensors["empty_id"]
+    noise = torch.randn(tensors["latents"][idx].shape, generator=gen)
+    t = torch.randint(0, num_train_timesteps, (batch,), generator=gen)
+    return tensors["latents"][idx], ids, noise, t
+
+
+def diffusion_loss(model, noise_scheduler, x0, noise, t, text_states):
+    """The training loss of one batch: noise x0 to x_t, predict, min-SNR-weighted MSE to the target."""
+    target, weight = objective(noise_scheduler, x0, noise, t)
+    pred = model(noise_scheduler.add_noise(x0, noise, t), t, text_states).sample
+    return weighted_loss(pred, target, weight)
+
+
 def text_encoder_trainables(text_encoder) -> list[torch.nn.Parameter]:
     """Everything but the 49,408-row token table: it stays shared with the nano CLIP (and small on disk)."""
     params = [p for name, p in text_encoder.named_parameters() if "token_embedding" not in name]
@@ -83,22 +103,17 @@ def train_unet_phase(model, noise_scheduler, tensors: dict, samples: int, recipe
     schedule = get_cosine_schedule_with_warmup(base, recipe.lr_warmup_steps, steps) if cosine else get_constant_schedule(base)
     opt = accelerator.prepare_optimizer(base)
     gen = torch.Generator().manual_seed(seed)  # the same on every process: one global batch, sliced
-    latents, caption_ids, text = tensors["latents"], tensors["caption_ids"], tensors["text_states"]
+    text = tensors["text_states"]
     device, mine = accelerator.device, slice(rank, None, world)
     losses = []
     model.train()
     for step in tqdm(range(steps), desc=desc, unit="step", disable=not accelerator.is_local_main_process):
-        idx = torch.randint(0, len(latents), (recipe.unet_batch,), generator=gen)
-        ids = caption_ids[idx].clone()
-        ids[torch.rand(len(ids), generator=gen) < recipe.caption_dropout] = tensors["empty_id"]
-        noise = torch.randn(latents[idx].shape, generator=gen)
-        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
-        x0, noise, t, ids = (v[mine].to(device) for v in (latents[idx], noise, t, ids))
-        target, weight = objective(noise_scheduler, x0, noise, t)
+        x0, ids, noise, t = draw_batch(tensors, recipe.unet_batch, recipe.caption_dropout,
+                                       noise_scheduler.config.num_train_timesteps, gen)
+        x0, noise, t, ids = (v[mine].to(device) for v in (x0, noise, t, ids))
         states = text_encoder(tensors["tokens"].to(device)[ids])[0] if text_encoder is not None else text.to(device)[ids]
         with accelerator.autocast():
-            pred = model(noise_scheduler.add_noise(x0, noise, t), t, states).sample
-        loss = weighted_loss(pred, target, weight)  # the mean over this slice; DDP averages the slices' gradients
+            loss = diffusion_loss(model, noise_scheduler, x0, noise, t, states)  # the mean over this slice
         opt.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(params, 1.0)

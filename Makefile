@@ -13,7 +13,7 @@ NOTEBOOKS := $(SLOWEST) $(filter-out $(SLOWEST),$(NOTEBOOKS))
 
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: lab test test-portable check test-floor test-replica course setup browser clean
+.PHONY: lab test test-portable check test-floor test-replica course setup browser clean bench-agreement
 
 setup: $(STAMP)
 
@@ -112,6 +112,11 @@ $(REPLICA)/.built: tests/replica_hub.py decidiff_lab/presets.py decidiff_lab/hub
 test-replica: $(STAMP) $(REPLICA)/.built
 	$(REPLICA_ENV) DECIDIFF_LAB_PRESET=deci-v2 $(PY) -m pytest -n 2 --dist loadfile --nbval-lax $(ON_REPLICA)
 	$(REPLICA_ENV) DECIDIFF_LAB_PRESET=deci-v1 $(PY) -m pytest -n 2 --dist loadfile --nbval-lax $(COMPARING)
+
+# Not a test (it measures; run it on a quiet machine): two `decidiff-lab bench` runs agree within 5%, and
+# with a plain-diffusers interleaved timing within 15% (scripts/bench_agreement.py).
+bench-agreement: $(STAMP)
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) scripts/bench_agreement.py --repeats 10
 
 clean:
 	rm -rf $(VENV) $(FLOOR_VENV) build .pytest_cache

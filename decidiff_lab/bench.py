@@ -1,11 +1,12 @@
-"""Latency harness: whole pipeline calls and their parts, warm-up, repeats, median and spread.
+"""Latency harness: whole pipeline calls and their parts, timed in interleaved rounds.
 
-The one home of timing: `time_call` (median/min/max of synchronised calls), `synchronize` (wait for
-the device's queued work) and `cpu_threads` (a fixed CPU thread count), which `unet_tools`'
-per-block latencies and `search`'s timing rounds use too.
-
-Returns plain dicts (one per preset x steps) that notebooks tabulate and plot and the CLI
-writes as JSON. Speed claims are ratios measured in one run, never typed in.
+The one home of timing: `time_interleaved` (calls taking turns, round after round), `time_call`
+(one call, summarised), `synchronize` (wait for the device's queued work) and `cpu_threads` (a
+fixed CPU thread count), which `unet_tools`' per-block latencies and `search`'s rounds use too.
+`bench_cases` times several pipelines and step counts in the same rounds and returns plain dicts
+(one per preset x steps) that notebooks tabulate and plot and the CLI writes as JSON; `speedup`
+and `decompose_speedup` turn them into ratios with bootstrap intervals. Speed claims are ratios
+measured in one run, never typed in.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import statistics
 import sys
 import time
 from contextlib import contextmanager
-from typing import Callable
+from typing import Callable, NamedTuple
 
+import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .accounting import unet_flops
 from .errors import UserError
@@ -38,18 +41,56 @@ def synchronize(device) -> None:
         torch.mps.synchronize()
 
 
-def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, device="cpu") -> dict:
-    """Median, spread (min/max) and all samples, in seconds, of `repeats` calls after `warmup`."""
+def time_interleaved(calls: dict, repeats: int = 5, warmup: int = 1, device="cpu",
+                     desc: str | None = None) -> dict[object, list[float]]:
+    """Seconds of every call in each of `repeats` rounds, the calls taking turns within a round.
+
+    Why rounds: a machine that drifts (another process, a CPU clock that boosts or throttles) then
+    shifts every call alike, and round k of one call can be paired with round k of another; timing
+    each call's repeats back to back puts all of a drift on one of them. The order reverses every
+    other round, so no call always runs first or right after the same neighbour. `desc` shows a
+    progress bar over the rounds.
+    """
+    if repeats < 1:
+        raise UserError(f"repeats must be at least 1 (got {repeats!r})")
+    names = list(calls)
     for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        samples.append(time.perf_counter() - start)
-    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples), "samples": samples}
+        for name in names:
+            calls[name]()
+    samples = {name: [] for name in names}
+    for k in tqdm(range(repeats), desc=desc, unit="round", disable=desc is None):
+        for name in names if k % 2 == 0 else reversed(names):
+            synchronize(device)
+            start = time.perf_counter()
+            calls[name]()
+            synchronize(device)
+            samples[name].append(time.perf_counter() - start)
+    return samples
+
+
+def bootstrap_interval(samples, statistic=np.median, level: float = 0.95, resamples: int = 2000,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of `statistic` over `samples` (seeded: the same samples give
+    the same interval)."""
+    values = np.asarray(samples, dtype=float)
+    rng = np.random.default_rng(seed)
+    stats = statistic(values[rng.integers(0, len(values), (resamples, len(values)))], axis=1)
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(stats, tail)), float(np.percentile(stats, 100 - tail))
+
+
+def summarize(samples: list[float]) -> dict:
+    """Minimum (the round least disturbed: the figure ratios use), median with its bootstrap
+    interval, maximum, and the samples themselves."""
+    return {"min": min(samples), "median": statistics.median(samples), "max": max(samples),
+            "interval": bootstrap_interval(samples), "samples": list(samples)}
+
+
+def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, device="cpu") -> dict:
+    """Median, spread (min/max), bootstrap interval and all samples, in seconds, of `repeats`
+    synchronised calls after `warmup`. To compare several calls, time them together with
+    `time_interleaved` instead."""
+    return summarize(time_interleaved({"call": fn}, repeats, warmup, device)["call"])
 
 
 @contextmanager
@@ -102,14 +143,28 @@ def _set_steps(scheduler, steps: int, device=None) -> None:
         scheduler.set_timesteps(steps, device=device)
 
 
-@torch.inference_mode()
-def component_times(pipe, steps: int, repeats: int = 5, warmup: int = 1, prompt: str = PROMPT) -> dict:
-    """Seconds for each part of one image: text encoding, a U-Net step with and without the CFG
-    batch, a scheduler step, the VAE decode."""
+class BenchCase(NamedTuple):
+    """One row of a benchmark: a pipeline at a step count, sampled with its preset's guidance."""
+    preset: str
+    pipe: object
+    steps: int
+    guidance_scale: float = 5.0
+    guidance_rescale: float = 0.0
+
+
+PARTS = ("text_encoder_seconds", "unet_seconds_per_step", "unet_seconds_per_step_no_cfg",
+         "scheduler_seconds_per_step", "vae_decode_seconds")
+
+
+def _case_calls(case: BenchCase, prompt: str) -> dict[str, Callable[[], object]]:
+    """The whole call and each of its parts: text encoding (the prompt and the empty prompt
+    guidance needs), a U-Net step on the guidance batch of 2 and on 1, the scheduler's loop, the decode."""
+    pipe, steps = case.pipe, case.steps
     device = pipe._execution_device  # where an offloaded pipeline runs (its `device` says cpu)
     side = pipe.unet.config.sample_size
     latents = torch.randn(1, pipe.unet.config.in_channels, side, side, device=device, dtype=pipe.unet.dtype)
-    text, negative = pipe.encode_prompt(prompt, device, 1, True)
+    with torch.inference_mode():
+        text, negative = pipe.encode_prompt(prompt, device, 1, True)
     both = torch.cat([negative, text])
     _set_steps(pipe.scheduler, steps, device)
     t = pipe.scheduler.timesteps[0]
@@ -120,15 +175,49 @@ def component_times(pipe, steps: int, repeats: int = 5, warmup: int = 1, prompt:
         for step_t in pipe.scheduler.timesteps:
             x = pipe.scheduler.step(latents, step_t, x).prev_sample
 
-    run = dict(repeats=repeats, warmup=warmup, device=device)
-    return {
-        "text_encoder_seconds": time_call(lambda: pipe.encode_prompt(prompt, device, 1, True), **run)["median"],
-        "unet_seconds_per_step": time_call(lambda: pipe.unet(torch.cat([latents] * 2), t, both), **run)["median"],
-        "unet_seconds_per_step_no_cfg": time_call(lambda: pipe.unet(latents, t, text), **run)["median"],
-        "scheduler_seconds_per_step": time_call(scheduler_loop, **run)["median"] / steps,
-        "vae_decode_seconds": time_call(
-            lambda: pipe.vae.decode(latents / pipe.vae.config.scaling_factor), **run)["median"],
+    calls = {
+        "whole": lambda: generate(pipe, prompt, steps=steps, guidance_scale=case.guidance_scale,
+                                  guidance_rescale=case.guidance_rescale),
+        "text_encoder_seconds": lambda: pipe.encode_prompt(prompt, device, 1, True),
+        "unet_seconds_per_step": lambda: pipe.unet(torch.cat([latents] * 2), t, both),
+        "unet_seconds_per_step_no_cfg": lambda: pipe.unet(latents, t, text),
+        "scheduler_seconds_per_step": scheduler_loop,
+        "vae_decode_seconds": lambda: pipe.vae.decode(latents / pipe.vae.config.scaling_factor),
     }
+    return {name: torch.inference_mode()(fn) for name, fn in calls.items()}
+
+
+def _check_case(case: BenchCase) -> None:
+    if isinstance(case.steps, bool) or not isinstance(case.steps, int) or case.steps < 1:
+        raise UserError(f"steps must be a positive integer (got {case.steps!r})")
+
+
+def _time_cases(cases: list[BenchCase], repeats: int, warmup: int, prompt: str, parts_only: bool = False) -> list[dict]:
+    """Per case, the samples of every call, all cases' calls taking turns in the same rounds."""
+    for case in cases:
+        _check_case(case)
+    calls = {}
+    for i, case in enumerate(cases):
+        for name, fn in _case_calls(case, prompt).items():
+            if not (parts_only and name == "whole"):
+                calls[(i, name)] = fn
+    progress = [dict(getattr(c.pipe, "_progress_bar_config", {})) for c in cases]
+    for case in cases:
+        case.pipe.set_progress_bar_config(disable=True)
+    try:
+        samples = time_interleaved(calls, repeats, warmup, cases[0].pipe._execution_device)
+    finally:
+        for case, config in zip(cases, progress):
+            case.pipe._progress_bar_config = config  # leave each pipeline's progress bar as it was
+    return [{name: samples[(i, name)] for (j, name) in calls if j == i} for i in range(len(cases))]
+
+
+def component_times(pipe, steps: int, repeats: int = 5, warmup: int = 1, prompt: str = PROMPT) -> dict:
+    """Seconds for each part of one image, the minimum of `repeats` interleaved rounds."""
+    (samples,) = _time_cases([BenchCase("", pipe, steps)], repeats, warmup, prompt, parts_only=True)
+    times = {name: min(values) for name, values in samples.items()}
+    times["scheduler_seconds_per_step"] /= len(pipe.scheduler.timesteps)
+    return times
 
 
 def harness_overhead_seconds(device="cpu", repeats: int = 1000) -> float:
@@ -136,46 +225,78 @@ def harness_overhead_seconds(device="cpu", repeats: int = 1000) -> float:
     return time_call(lambda: None, repeats=repeats, warmup=10, device=device)["median"]
 
 
+def bench_cases(cases: list[BenchCase], repeats: int = 5, warmup: int = 1, usd_per_hour: float | None = None,
+                peak_gflops: float | None = None, prompt: str = PROMPT) -> list[dict]:
+    """One record per case: whole-call latency, its parts, memory, FLOPs, FLOP/s, cost.
+
+    Every case's whole call and parts take turns in the same `repeats` rounds (`time_interleaved`),
+    so ratios between cases are measured under the same conditions. `seconds_per_image` is the
+    minimum over rounds (the round least disturbed), beside the median and its bootstrap interval;
+    parts are minima too, so parts and whole are comparable. `samples` keeps the per-round whole
+    times, which `speedup` pairs round by round. `peak_gflops`: one `matmul_peak_gflops()` for the
+    whole run (measured here when None).
+    """
+    if not cases:
+        raise UserError("bench_cases needs at least one BenchCase")
+    device = cases[0].pipe._execution_device
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    timed = _time_cases(cases, repeats, warmup, prompt)
+    peak = peak_gflops or matmul_peak_gflops(device, cases[0].pipe.unet.dtype)
+    overhead = harness_overhead_seconds(device)
+    records = []
+    for case, samples in zip(cases, timed):
+        pipe = case.pipe
+        whole = summarize(samples.pop("whole"))
+        parts = {name: min(values) for name, values in samples.items()}
+        _set_steps(pipe.scheduler, case.steps)
+        parts["scheduler_seconds_per_step"] /= len(pipe.scheduler.timesteps)
+        side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        flops = unet_flops(pipe.unet, resolution=side, batch=2, vae_factor=pipe.vae_scale_factor)  # CFG batch
+        achieved = flops / parts["unet_seconds_per_step"] / 1e9
+        seconds = whole["min"]
+        record = {
+            "preset": case.preset, "steps": case.steps, "device": str(device),
+            "dtype": str(pipe.unet.dtype).replace("torch.", ""), "repeats": repeats,
+            "seconds_per_image": seconds, "seconds_median": whole["median"],
+            "seconds_interval": list(whole["interval"]), "seconds_min": whole["min"], "seconds_max": whole["max"],
+            "spread_fraction": (whole["max"] - whole["min"]) / seconds, "samples": whole["samples"],
+            "images_per_second": 1 / seconds, **parts,
+            "peak_memory_bytes": peak_memory_bytes(device), "gflops_per_unet_step": flops / 1e9,
+            "achieved_gflops": achieved, "matmul_peak_gflops": peak, "peak_fraction": achieved / peak,
+            "harness_overhead_fraction": overhead / seconds,
+        }
+        if usd_per_hour is not None:
+            record["usd_per_10k_images"] = seconds * 10_000 / 3600 * usd_per_hour
+        records.append(record)
+    return records
+
+
 def bench_pipeline(pipe, preset: str, steps: int, repeats: int = 5, warmup: int = 1, guidance_scale: float = 5.0,
                    guidance_rescale: float = 0.0, usd_per_hour: float | None = None, peak_gflops: float | None = None,
                    prompt: str = PROMPT) -> dict:
-    """One record: whole-call latency (median/spread), its parts, memory, FLOPs, FLOP/s, cost.
-
-    `peak_gflops`: pass one `matmul_peak_gflops()` measured once, so every record of a run is
-    compared with the same ceiling (measured here when None).
-    """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise UserError(f"steps must be a positive integer (got {steps!r})")
-    if repeats < 1:
-        raise UserError(f"repeats must be at least 1 (got {repeats!r})")
-    device = pipe._execution_device  # where an offloaded pipeline runs (its `device` says cpu)
-    progress = dict(getattr(pipe, "_progress_bar_config", {}))
-    pipe.set_progress_bar_config(disable=True)
-    if torch.device(device).type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    try:
-        whole = time_call(lambda: generate(pipe, prompt, steps=steps, guidance_scale=guidance_scale,
-                                           guidance_rescale=guidance_rescale),
-                          repeats=repeats, warmup=warmup, device=device)
-        parts = component_times(pipe, steps, repeats, warmup, prompt=prompt)
-    finally:
-        pipe.set_progress_bar_config(**progress)  # leave the pipeline's progress bar as it was
-    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    flops = unet_flops(pipe.unet, resolution=side, batch=2, vae_factor=pipe.vae_scale_factor)  # CFG batch
-    peak = peak_gflops or matmul_peak_gflops(device, pipe.unet.dtype)
-    achieved = flops / parts["unet_seconds_per_step"] / 1e9
-    seconds = whole["median"]
-    record = {
-        "preset": preset, "steps": steps, "device": str(device), "dtype": str(pipe.unet.dtype).replace("torch.", ""),
-        "repeats": repeats, "seconds_per_image": seconds, "seconds_min": whole["min"], "seconds_max": whole["max"],
-        "spread_fraction": (whole["max"] - whole["min"]) / seconds, "images_per_second": 1 / seconds, **parts,
-        "peak_memory_bytes": peak_memory_bytes(device), "gflops_per_unet_step": flops / 1e9,
-        "achieved_gflops": achieved, "matmul_peak_gflops": peak, "peak_fraction": achieved / peak,
-        "harness_overhead_fraction": harness_overhead_seconds(device) / seconds,
-    }
-    if usd_per_hour is not None:
-        record["usd_per_10k_images"] = seconds * 10_000 / 3600 * usd_per_hour
+    """`bench_cases` for one pipeline at one step count. To compare cases, bench them together."""
+    (record,) = bench_cases([BenchCase(preset, pipe, steps, guidance_scale, guidance_rescale)], repeats, warmup,
+                            usd_per_hour, peak_gflops, prompt)
     return record
+
+
+def _find(records: list[dict], key: tuple[str, int]) -> dict:
+    for r in records:
+        if (r["preset"], r["steps"]) == tuple(key):
+            return r
+    raise UserError(f"no record for {key}: bench that preset and step count")
+
+
+def speedup(records: list[dict], base: tuple[str, int], fast: tuple[str, int]) -> dict:
+    """base time / fast time: the ratio of minima, and the per-round ratios' median with its
+    bootstrap interval (round k of one case ran beside round k of the other)."""
+    a, b = _find(records, base), _find(records, fast)
+    result = {"ratio": a["seconds_per_image"] / b["seconds_per_image"]}
+    if len(a.get("samples", ())) == len(b.get("samples", ())) > 0:
+        paired = np.asarray(a["samples"]) / np.asarray(b["samples"])
+        result.update(paired_median=float(np.median(paired)), interval=bootstrap_interval(paired))
+    return result
 
 
 def decompose_speedup(records: list[dict], base: tuple[str, int], fast: tuple[str, int]) -> dict:
@@ -183,7 +304,8 @@ def decompose_speedup(records: list[dict], base: tuple[str, int], fast: tuple[st
     (fast architecture, base steps); all four ratios measured, the product only as a check.
 
     `interaction` = measured_total / product: 1 when time is all U-Net steps; the fixed costs
-    (text encoder, VAE decode) that neither factor touches pull it away from 1.
+    (text encoder, VAE decode) that neither factor touches pull it away from 1. Factors are ratios
+    of minima; records from `bench_cases` add a bootstrap interval to each (`*_interval`).
     """
     t = {(r["preset"], r["steps"]): r["seconds_per_image"] for r in records}
     (arch_a, steps_a), (arch_b, steps_b) = base, fast
@@ -191,11 +313,15 @@ def decompose_speedup(records: list[dict], base: tuple[str, int], fast: tuple[st
     missing = [k for k in needed if k not in t]
     if missing:
         raise UserError(f"decompose_speedup needs records for {missing}: bench those presets and steps")
-    steps_factor = t[(arch_a, steps_a)] / t[(arch_a, steps_b)]
-    unet_factor = t[(arch_a, steps_a)] / t[(arch_b, steps_a)]
-    total = t[(arch_a, steps_a)] / t[(arch_b, steps_b)]
-    return {"fewer_steps": steps_factor, "cheaper_unet": unet_factor, "product": steps_factor * unet_factor,
-            "measured_total": total, "interaction": total / (steps_factor * unet_factor)}
+    factors = {"fewer_steps": speedup(records, base, (arch_a, steps_b)),
+               "cheaper_unet": speedup(records, base, (arch_b, steps_a)),
+               "measured_total": speedup(records, base, fast)}
+    split = {name: f["ratio"] for name, f in factors.items()}
+    split["product"] = split["fewer_steps"] * split["cheaper_unet"]
+    split["interaction"] = split["measured_total"] / split["product"]
+    # Where the records kept their rounds: each factor's interval over the rounds' paired ratios.
+    split.update({f"{name}_interval": f["interval"] for name, f in factors.items() if "interval" in f})
+    return split
 
 
 def markdown_table(records: list[dict]) -> str:

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from .accounting import architecture_summary
-from .bench import bench_pipeline, decompose_speedup, markdown_table, matmul_peak_gflops
+from .bench import BenchCase, bench_cases, decompose_speedup, markdown_table, matmul_peak_gflops
 from .checker import format_scores
 from .doctor import format_machine_report, machine_report, smoke_preset
 from .errors import UserError
@@ -135,7 +135,7 @@ def _bench(args) -> None:
     device = args.device or default_device()
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(args.dtype)
     peak = matmul_peak_gflops(device, dtype)  # None: the dtype pipelines load in on this device
-    records = []
+    cases = []
     for name in args.presets.split(","):
         preset = get_preset(name.strip())
         try:
@@ -145,22 +145,29 @@ def _bench(args) -> None:
             continue
         if args.compile:
             pipe.unet = torch.compile(pipe.unet)
-        for steps in steps_list:
-            record = bench_pipeline(pipe, preset.name, steps, repeats=args.repeats, warmup=args.warmup,
-                                    guidance_scale=preset.default_guidance, guidance_rescale=preset.guidance_rescale,
-                                    usd_per_hour=args.usd_per_hour,
-                                    peak_gflops=peak)
-            records.append(record)
-            print(f"{preset.name:10s} {steps:3d} steps: {record['seconds_per_image']:.3f} s/image "
-                  f"(spread {record['spread_fraction']:.0%}), U-Net {record['unet_seconds_per_step'] * 1e3:.1f} ms/step, "
-                  f"{record['achieved_gflops']:.1f} GFLOP/s = {record['peak_fraction']:.0%} of matmul peak", flush=True)
-    if args.markdown and records:
+        cases += [BenchCase(preset.name, pipe, steps, preset.default_guidance, preset.guidance_rescale)
+                  for steps in steps_list]
+    if not cases:
+        raise UserError("no preset could be loaded: see the lines above")
+    # Every preset and step count in the same interleaved rounds: their ratios share the machine's state.
+    records = bench_cases(cases, repeats=args.repeats, warmup=args.warmup, usd_per_hour=args.usd_per_hour,
+                          peak_gflops=peak)
+    for record in records:
+        low, high = record["seconds_interval"]
+        print(f"{record['preset']:10s} {record['steps']:3d} steps: {record['seconds_per_image']:.3f} s/image best "
+              f"(median {record['seconds_median']:.3f}, 95% interval {low:.3f}-{high:.3f}), "
+              f"U-Net {record['unet_seconds_per_step'] * 1e3:.1f} ms/step, {record['achieved_gflops']:.1f} GFLOP/s "
+              f"= {record['peak_fraction']:.0%} of matmul peak", flush=True)
+    if args.markdown:
         print(markdown_table(records))
     names = {r["preset"] for r in records}
-    if len(steps_list) >= 2 and {"nano-sd", "nano-deci"} <= names:
-        split = decompose_speedup(records, ("nano-sd", max(steps_list)), ("nano-deci", min(steps_list)))
-        print("speed-up nano-deci@{} vs nano-sd@{}: {measured_total:.2f}x = fewer steps {fewer_steps:.2f}x "
-              "x cheaper U-Net {cheaper_unet:.2f}x (product {product:.2f}x)".format(min(steps_list), max(steps_list), **split))
+    for sd, deci in (("nano-sd", "nano-deci"), ("sd15", "deci-v2"), ("sd15", "deci-v1")):
+        if len(steps_list) >= 2 and {sd, deci} <= names:
+            split = decompose_speedup(records, (sd, max(steps_list)), (deci, min(steps_list)))
+            low, high = split["measured_total_interval"]
+            print(f"speed-up {deci}@{min(steps_list)} vs {sd}@{max(steps_list)}: {split['measured_total']:.2f}x "
+                  f"(per-round 95% interval {low:.2f}-{high:.2f}) = fewer steps {split['fewer_steps']:.2f}x "
+                  f"x cheaper U-Net {split['cheaper_unet']:.2f}x (product {split['product']:.2f}x)")
     if args.json:
         Path(args.json).write_text(json.dumps(records, indent=2))
         print(f"wrote {args.json}")
@@ -219,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="latency per image and per component, FLOP/s, cost per 10k images")
     bench.add_argument("--presets", default="nano-sd,nano-deci")
     bench.add_argument("--steps", default="16,10", help="comma-separated step counts")
-    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--repeats", type=int, default=5, help="interleaved rounds: every case once per round")
     bench.add_argument("--warmup", type=int, default=1)
     bench.add_argument("--usd-per-hour", type=float, default=None, help="machine price, for cost per 10k images")
     bench.add_argument("--device", default=None)

@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import itertools
 import statistics
-import time
 
 import torch
 from diffusers import UNet2DConditionModel
-from tqdm.auto import tqdm
 
 from . import nano
 from .accounting import count_parameters, unet_flops
-from .bench import cpu_threads
+from .bench import cpu_threads, time_interleaved
 from .errors import UserError
 from .flexible_unet import FlexibleUNet2DConditionModel
 
@@ -47,16 +45,8 @@ def unet_latencies(unets: list, side: int = 8, batch: int = 2, repeats: int = 15
         text = torch.randn(batch, 77, unet.config.cross_attention_dim, generator=gen)
         t = torch.full((batch,), 500)
         calls.append(lambda unet=unet, x=x, t=t, text=text: unet(x, t, text))
-    for _ in range(warmup):
-        for call in calls:
-            call()
-    samples = [[] for _ in calls]
-    for _ in tqdm(range(repeats), desc="timing rounds", disable=not progress):
-        for call, mine in zip(calls, samples):
-            start = time.perf_counter()
-            call()
-            mine.append(time.perf_counter() - start)
-    return [statistics.median(mine) for mine in samples]
+    samples = time_interleaved(dict(enumerate(calls)), repeats, warmup, desc="timing rounds" if progress else None)
+    return [statistics.median(samples[i]) for i in range(len(calls))]
 
 
 def candidates() -> dict[str, dict]:

@@ -9,7 +9,7 @@ from decidiff_lab.schedulers import make_scheduler
 FIELDS = ("preset", "steps", "seconds_per_image", "unet_seconds_per_step", "unet_seconds_per_step_no_cfg",
           "scheduler_seconds_per_step", "text_encoder_seconds", "vae_decode_seconds", "peak_memory_bytes",
           "gflops_per_unet_step", "achieved_gflops", "matmul_peak_gflops", "peak_fraction", "images_per_second",
-          "spread_fraction", "harness_overhead_fraction")
+          "spread_fraction", "harness_overhead_fraction", "seconds_median", "seconds_interval", "samples")
 
 
 def test_time_call_runs_warmup_then_repeats():
@@ -17,6 +17,54 @@ def test_time_call_runs_warmup_then_repeats():
     result = bench.time_call(lambda: calls.append(1), repeats=4, warmup=2)
     assert len(calls) == 6 and len(result["samples"]) == 4
     assert result["min"] <= result["median"] <= result["max"]
+
+
+def test_interleaved_calls_take_turns_and_the_order_reverses_every_other_round():
+    order = []
+    samples = bench.time_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+                                     repeats=3, warmup=1)
+    assert order == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then rounds a b, b a, a b
+    assert {name: len(v) for name, v in samples.items()} == {"a": 3, "b": 3}
+
+
+def test_zero_repeats_is_a_clear_error():
+    with pytest.raises(ValueError, match="repeats must be at least 1"):
+        bench.time_interleaved({"a": lambda: None}, repeats=0)
+
+
+def test_bootstrap_interval_is_seeded_and_brackets_the_median():
+    samples = [1.0, 1.1, 0.9, 1.05, 3.0, 0.95, 1.02]
+    low, high = bench.bootstrap_interval(samples)
+    assert (low, high) == bench.bootstrap_interval(samples)
+    assert low <= 1.02 <= high and high < 3.0  # one outlier does not drag the median's interval to it
+    assert bench.bootstrap_interval([2.0] * 5) == (2.0, 2.0)
+
+
+def test_speedup_pairs_rounds_and_takes_the_ratio_of_minima():
+    records = [{"preset": "sd", "steps": 16, "seconds_per_image": 2.0, "samples": [2.0, 4.0, 2.2]},
+               {"preset": "deci", "steps": 10, "seconds_per_image": 1.0, "samples": [1.0, 2.0, 1.1]}]
+    result = bench.speedup(records, ("sd", 16), ("deci", 10))
+    assert result["ratio"] == 2.0
+    assert result["paired_median"] == pytest.approx(2.0)  # round 2 slowed both alike: its ratio is still 2
+    assert result["interval"] == pytest.approx((2.0, 2.0))
+    with pytest.raises(ValueError, match="no record for"):
+        bench.speedup(records, ("sd", 10), ("deci", 10))
+
+
+def test_bench_cases_times_every_case_in_the_same_rounds(make_tiny_pipe, monkeypatch):
+    pipe_a, pipe_b = make_tiny_pipe(), make_tiny_pipe(scheduler=make_scheduler("squeezed-dpm++"))
+    rounds = []
+    real = bench.time_interleaved
+    monkeypatch.setattr(bench, "time_interleaved", lambda calls, *a, **k: rounds.append(list(calls)) or real(calls, *a, **k))
+    records = bench.bench_cases([bench.BenchCase("a", pipe_a, 2), bench.BenchCase("b", pipe_b, 10)],
+                                repeats=2, warmup=0, peak_gflops=100.0)
+    assert len(rounds) == 2 and rounds[0][0] == (0, "whole") and (1, "whole") in rounds[0]  # one run, then the overhead
+    assert [(r["preset"], r["steps"], len(r["samples"])) for r in records] == [("a", 2, 2), ("b", 10, 2)]
+    for r in records:
+        assert r["seconds_per_image"] == min(r["samples"]) <= r["seconds_median"]
+        assert r["seconds_interval"][0] <= r["seconds_median"] <= r["seconds_interval"][1]
+    split = bench.speedup(records, ("a", 2), ("b", 10))
+    assert split["ratio"] > 0 and len(split["interval"]) == 2
 
 
 def test_matmul_peak_is_a_positive_rate():
@@ -63,7 +111,7 @@ def test_bench_record_has_every_field_and_consistent_arithmetic(tiny_pipe):
                                   peak_gflops=100.0)
     assert all(k in record for k in FIELDS)
     assert record["preset"] == "tiny" and record["steps"] == 2 and record["repeats"] == 2
-    assert record["seconds_min"] <= record["seconds_per_image"] <= record["seconds_max"]
+    assert record["seconds_min"] == record["seconds_per_image"] <= record["seconds_median"] <= record["seconds_max"]
     assert record["images_per_second"] == pytest.approx(1 / record["seconds_per_image"])
     assert record["usd_per_10k_images"] == pytest.approx(record["seconds_per_image"] * 10)  # 10k images at $1/1000 s
     assert record["matmul_peak_gflops"] == 100.0

@@ -96,9 +96,9 @@ class RecordingUNet(torch.nn.Module):
 
 
 def test_latencies_are_timed_in_rounds_one_call_per_model():
-    # A slowdown during the search must hit every model alike: calls alternate model by model.
+    # A slowdown during the search must hit every model alike: the models take turns, round by round.
     log = []
     fast, slow = RecordingUNet("a", log), RecordingUNet("b", log, slow=0.005)
     seconds = unet_latencies([fast, slow], repeats=3, warmup=1)
-    assert log == ["a", "b"] * 4
+    assert log == ["a", "b"] * 2 + ["b", "a", "a", "b"]  # warm-up, then rounds, every other one reversed
     assert len(seconds) == 2 and 0 < seconds[0] < seconds[1] and seconds[1] >= 0.005

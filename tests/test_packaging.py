@@ -19,7 +19,7 @@ def _name(requirement: str) -> str:
 def _pyproject_requirements() -> dict[str, str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    reqs = project["dependencies"] + extras["lab"] + extras["test"]
+    reqs = project["dependencies"] + extras["lab"] + extras["deploy"] + extras["test"]
     return {_name(r): r.replace(" ", "") for r in reqs}
 
 
@@ -72,7 +72,7 @@ def _pip_installs(commands: list[list[str]]) -> list[list[str]]:
 def test_makefile_pins_the_local_cpu_torch_before_the_package():
     commands = _make_setup_commands()
     installs = _pip_installs(commands)
-    assert installs.index(["torch==2.13.0"]) < installs.index(["-e", ".[lab,test]"])
+    assert installs.index(["torch==2.13.0"]) < installs.index(["-e", ".[lab,deploy,test]"])
     kernel = next(words for words in commands if words[1:4] == ["-m", "ipykernel", "install"])
     assert kernel[kernel.index("--name") + 1] == "decidiff-lab"
     # The pin is only a default: TORCH from the environment replaces it.

@@ -1,0 +1,178 @@
+"""The same U-Net under four runtimes: eager PyTorch, `torch.compile`, ONNX Runtime, OpenVINO.
+
+Deci's quoted speed-ups are not eager PyTorch: the blog post's 3x comes "combined with" Deci's
+Infery SDK, and the model card's AI 100 rows are compiled. `with_runtime(pipe, name)` returns a
+copy of a pipeline whose U-Net runs under `name`, so `bench.bench_cases` can time every runtime
+in the same interleaved rounds and the pipeline samples exactly as before:
+
+    fast = with_runtime(pipe, "onnxruntime")
+    parity(pipe.unet, fast.unet)      # max |difference| of one guided U-Net call
+
+ONNX Runtime and OpenVINO are the optional `deploy` extra (`pip install "decidiff-lab[deploy]"`);
+`missing(name)` says in one line what is not installed. The export goes through PyTorch's own
+ONNX exporter (`torch.onnx.export(dynamo=True)`) with a dynamic batch, so the guided batch of 2
+and the unguided batch of 1 share one graph.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+from .errors import UserError
+
+RUNTIMES = ("eager", "torch.compile", "onnxruntime", "openvino")
+_NEEDS = {"onnxruntime": ("onnxruntime", "onnxscript"), "openvino": ("openvino", "onnxscript")}
+
+
+def missing(name: str) -> str | None:
+    """None if runtime `name` can run here, else one line saying what to install."""
+    if name not in RUNTIMES:
+        raise UserError(f"unknown runtime {name!r}: pick one of {', '.join(RUNTIMES)}")
+    absent = [m for m in _NEEDS.get(name, ()) if importlib.util.find_spec(m) is None]
+    if absent:
+        return f"{name} needs {' and '.join(absent)}: pip install \"decidiff-lab[deploy]\""
+    return None
+
+
+class _Forward(torch.nn.Module):
+    """The U-Net as a plain function of three tensors, which is what exporters trace."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample, timestep, encoder_hidden_states):
+        return self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+
+
+class RuntimeUNet(torch.nn.Module):
+    """Stands in for a diffusers U-Net inside a pipeline: same call, same `config`, another runtime.
+
+    Only the plain text-to-image call is supported (no ControlNet residuals, no added conditions),
+    which is all `StableDiffusionPipeline` passes to these U-Nets.
+    """
+
+    def __init__(self, unet, run, runtime: str):
+        super().__init__()
+        self.unet = unet  # keeps config, dtype, device and the weights (FLOP counting reads them)
+        self.run = run
+        self.runtime = runtime
+
+    @property
+    def config(self):
+        return self.unet.config
+
+    @property
+    def dtype(self):
+        return self.unet.dtype
+
+    @property
+    def device(self):
+        return self.unet.device
+
+    def forward(self, sample, timestep, encoder_hidden_states, *args, return_dict: bool = True, **kwargs):
+        unsupported = [k for k, v in kwargs.items() if v is not None and k != "cross_attention_kwargs"]
+        if args or unsupported:
+            raise UserError(f"a {self.runtime} U-Net runs the plain text-to-image call only (got {unsupported or args})")
+        timestep = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(len(sample)).to(torch.int64)
+        out = self.run(sample, timestep, encoder_hidden_states)
+        return UNet2DConditionOutput(sample=out) if return_dict else (out,)
+
+
+def _export_onnx(unet, folder: Path) -> Path:
+    side, channels = unet.config.sample_size, unet.config.in_channels
+    example = (torch.zeros(2, channels, side, side, dtype=unet.dtype, device=unet.device),
+               torch.full((2,), 500, dtype=torch.int64, device=unet.device),
+               torch.zeros(2, 77, unet.config.cross_attention_dim, dtype=unet.dtype, device=unet.device))
+    batch = torch.export.Dim("batch", min=1, max=64)
+    path = folder / "unet.onnx"
+    # The exporter narrates each stage on stdout and warns about torchvision ops we never use.
+    quiet = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(_Forward(unet).eval(), example, path, input_names=["sample", "timestep", "text"],
+                              output_names=["out"], dynamo=True, verbose=False,
+                              dynamic_shapes={"sample": {0: batch}, "timestep": {0: batch},
+                                              "encoder_hidden_states": {0: batch}})
+    finally:
+        quiet.setLevel(level)
+    return path
+
+
+def _numpy_runner(predict, dtype):
+    def run(sample, timestep, text):
+        feeds = {"sample": sample.detach().cpu().numpy(), "timestep": timestep.cpu().numpy(),
+                 "text": text.detach().cpu().numpy()}
+        return torch.from_numpy(np.asarray(predict(feeds))).to(sample.device, dtype)
+    return run
+
+
+def compile_unet(unet, runtime: str, threads: int | None = None, workdir: str | Path | None = None) -> RuntimeUNet:
+    """`unet` under `runtime`. `threads` fixes ONNX Runtime's and OpenVINO's CPU threads (PyTorch's
+    own setting covers eager and torch.compile); `workdir` keeps the exported graph (a temporary
+    folder otherwise)."""
+    why = missing(runtime)
+    if why:
+        raise UserError(why)
+    unet = unet.eval()
+    if runtime == "eager":
+        return RuntimeUNet(unet, _Forward(unet), runtime)
+    if runtime == "torch.compile":
+        return RuntimeUNet(unet, torch.compile(_Forward(unet)), runtime)
+    if unet.device.type != "cpu":
+        raise UserError(f"{runtime} runs here on the CPU only: benchmark a GPU pipeline with eager and torch.compile")
+    folder = Path(workdir or tempfile.mkdtemp(prefix="decidiff-lab-onnx-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = _export_onnx(unet, folder)
+    if runtime == "onnxruntime":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return RuntimeUNet(unet, _numpy_runner(lambda feeds: session.run(None, feeds)[0], unet.dtype), runtime)
+    import openvino as ov
+
+    # f32 kept: on CPUs with bf16 units OpenVINO would otherwise drop to bf16 (another model, not a faster one).
+    config = {"INFERENCE_PRECISION_HINT": "f32", **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+    compiled = ov.Core().compile_model(str(path), "CPU", config)
+    return RuntimeUNet(unet, _numpy_runner(lambda feeds: compiled(feeds)[0], unet.dtype), runtime)
+
+
+def with_runtime(pipe, runtime: str, threads: int | None = None, workdir: str | Path | None = None):
+    """A copy of `pipe` (same components, same scheduler config) whose U-Net runs under `runtime`."""
+    base = pipe.unet.unet if isinstance(pipe.unet, RuntimeUNet) else pipe.unet
+    components = {**pipe.components, "unet": compile_unet(base, runtime, threads, workdir),
+                  "scheduler": type(pipe.scheduler).from_config(pipe.scheduler.config)}
+    if "requires_safety_checker" in pipe.config:  # as the pipeline was built: ours ship no safety checker
+        components["requires_safety_checker"] = pipe.config.requires_safety_checker
+    fast = type(pipe)(**components)
+    fast.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
+    return fast
+
+
+@torch.inference_mode()
+def parity(reference, other, seed: int = 0) -> float:
+    """Max |difference| between two U-Nets' outputs on one guided call (batch 2) of random inputs."""
+    cfg = reference.config
+    gen = torch.Generator().manual_seed(seed)
+    sample = torch.randn(2, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=gen)
+    text = torch.randn(2, 77, cfg.cross_attention_dim, generator=gen)
+    sample, text = sample.to(reference.device, reference.dtype), text.to(reference.device, reference.dtype)
+    a = reference(sample, 500, text).sample.float()
+    b = other(sample, 500, text).sample.float()
+    return float((a - b).abs().max())

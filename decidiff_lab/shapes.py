@@ -238,6 +238,15 @@ def sample_scene(rng: np.random.Generator, layout: str = "single", split: str = 
     return _scene(combos[rng.integers(len(combos))], layout, rng, qualitative)
 
 
+def scene_for(caption: str, rng: np.random.Generator, qualitative: bool = False) -> Scene:
+    """A random scene of `caption`, its geometry drawn as the training data draws it (phases 1-2:
+    `qualitative=False`; phase 3's qualitative and phase 4's curated data: True), held out or not."""
+    objects, position, relation = parse_caption(caption)
+    if position:
+        return _scene((*objects[0], position), "single", rng, qualitative)
+    return _scene((objects[0], relation, objects[1]), "pair", rng, qualitative)
+
+
 def swap_roles(caption: str) -> str:
     """"A <relation> B" -> "B <relation> A" (the other arrangement); a single-object caption as is."""
     objects, _, relation = parse_caption(caption)

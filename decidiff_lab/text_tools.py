@@ -4,7 +4,10 @@
 U-Net attends to and the pooled vector CLIP matches against images; `similarity_matrix` scores
 images against captions with a CLIP model, and `placement_accuracy` whether it can tell where things
 are; `CrossAttentionRecorder` captures, during generation, how much each image position of every
-cross-attention (`attn2`) layer attends to each token.
+cross-attention (`attn2`) layer attends to each token (mean over layers, or layer by layer), and
+`layer_attention_figure` draws the per-layer maps as a grid. `circular_padding` switches a model's
+convolutions to wrap-around padding, to show that zero padding is all that tells a U-Net where the
+borders are (its attention layers carry no positional encoding).
 """
 
 from __future__ import annotations
@@ -118,15 +121,15 @@ def matrix_figure(matrix, row_labels, column_labels, title: str = "", fmt: str =
 class _RecordingProcessor:
     """Computes the layer's attention probabilities for the recorder, then runs the original processor."""
 
-    def __init__(self, original, recorder: "CrossAttentionRecorder"):
-        self.original, self.recorder = original, recorder
+    def __init__(self, original, recorder: "CrossAttentionRecorder", name: str = ""):
+        self.original, self.recorder, self.name = original, recorder, name
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
         if encoder_hidden_states is not None:
             query = attn.head_to_batch_dim(attn.to_q(hidden_states))
             key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
             probs = attn.get_attention_scores(query, key, None)  # (batch * heads) x positions x tokens
-            self.recorder.add(probs.reshape(-1, attn.heads, *probs.shape[1:]).mean(1))
+            self.recorder.add(probs.reshape(-1, attn.heads, *probs.shape[1:]).mean(1), self.name)
         return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
 
 
@@ -138,7 +141,8 @@ class NothingRecordedError(UserError, RuntimeError):
 class CrossAttentionRecorder:
     """Context manager: record every cross-attention (`attn2`) layer's attention maps during generation.
 
-    Averaged over heads as they arrive, then over layers and steps by `maps()`. With classifier-free
+    Averaged over heads as they arrive, then over layers and steps by `maps()`, or over steps only,
+    one map per layer, by `layer_maps()`. With classifier-free
     guidance (`cfg=True`) the pipeline's batch is [unconditional, conditional]: only the conditional
     half is kept. The U-Net's original processors are restored on exit, even after an error.
     """
@@ -146,11 +150,14 @@ class CrossAttentionRecorder:
     def __init__(self, unet, cfg: bool = True):
         self.unet, self.cfg = unet, cfg
         self.sums: dict[int, torch.Tensor] = {}  # side -> sum of N x tokens x side x side maps
+        self.layer_sums: dict[str, torch.Tensor] = {}  # layer name -> the same, per layer
+        self.layer_calls: dict[str, int] = {}
         self.calls = 0
 
     def __enter__(self):
         self.original = dict(self.unet.attn_processors)
-        self.unet.set_attn_processor({name: _RecordingProcessor(p, self) if ".attn2." in name else p
+        self.unet.set_attn_processor({name: _RecordingProcessor(p, self, name.removesuffix(".processor"))
+                                      if ".attn2." in name else p
                                       for name, p in self.original.items()})
         return self
 
@@ -158,8 +165,8 @@ class CrossAttentionRecorder:
         self.unet.set_attn_processor(dict(self.original))
         return False
 
-    def add(self, probs: torch.Tensor) -> None:
-        """probs: batch x positions x tokens, one layer's call (already averaged over heads)."""
+    def add(self, probs: torch.Tensor, layer: str = "") -> None:
+        """probs: batch x positions x tokens, one call of the layer named `layer` (averaged over heads)."""
         if self.cfg:
             probs = probs[probs.shape[0] // 2:]
         side = math.isqrt(probs.shape[1])
@@ -167,6 +174,8 @@ class CrossAttentionRecorder:
             raise UserError(f"{probs.shape[1]} positions: the recorder expects square latents")
         maps = probs.float().transpose(1, 2).reshape(probs.shape[0], probs.shape[2], side, side).cpu()
         self.sums[side] = self.sums.get(side, 0) + maps
+        self.layer_sums[layer] = self.layer_sums.get(layer, 0) + maps
+        self.layer_calls[layer] = self.layer_calls.get(layer, 0) + 1
         self.calls += 1
 
     @property
@@ -181,6 +190,63 @@ class CrossAttentionRecorder:
         total = sum(F.interpolate(s, size=(size, size), mode="bilinear", align_corners=False)
                     for s in self.sums.values())
         return total / self.calls
+
+    def layer_maps(self, side: int | None = None) -> dict[str, torch.Tensor]:
+        """Layer name (e.g. `down_blocks.0.attentions.1.transformer_blocks.0.attn2`) -> its
+        N x tokens x s x s maps averaged over the steps, in the U-Net's call order; only the layers
+        at latent resolution `side` if given."""
+        if not self.calls:
+            raise NothingRecordedError("nothing recorded: run the pipeline inside the `with` block")
+        if side is not None and side not in self.sums:
+            raise UserError(f"no cross-attention at {side}x{side}: recorded at {self.sides}")
+        return {name: total / self.layer_calls[name] for name, total in self.layer_sums.items()
+                if side is None or total.shape[-1] == side}
+
+
+def layer_attention_figure(image, layer_maps: dict, labels, size: float = 1.1, title: str | None = None):
+    """Rows = layers, columns = tokens: each layer's map (tokens x s x s, one per label) over `image`."""
+    import matplotlib.pyplot as plt
+
+    if not layer_maps:
+        raise UserError("no layer maps to draw")
+    image = np.asarray(image)
+    extent = (-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5)
+    rows, columns = len(layer_maps), len(labels)
+    fig, axes = plt.subplots(rows, columns + 1, figsize=(size * (columns + 1) + 1.6, size * rows + 0.6),
+                             squeeze=False)
+    for row, (name, maps) in zip(axes, layer_maps.items()):
+        row[0].imshow(image, interpolation="nearest")
+        short = name.removesuffix(".attn2").removesuffix(".transformer_blocks.0")
+        row[0].set_ylabel(short, fontsize=6, rotation=0, ha="right", va="center")
+        for ax, heat in zip(row[1:], np.asarray(maps)):
+            ax.imshow(image, interpolation="nearest", alpha=0.5)
+            ax.imshow(heat, cmap="jet", alpha=0.55, extent=extent, interpolation="nearest")
+    for ax, label in zip(axes[0], ["image"] + list(labels)):
+        ax.set_title(label, fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+@contextmanager
+def circular_padding(model: torch.nn.Module):
+    """Inside the block, every zero-padded `Conv2d` of `model` pads by wrapping around instead, so no
+    layer can tell a border from the middle; restored on exit, even after an error."""
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.padding_mode == "zeros"
+             and not isinstance(m.padding, str) and any(m.padding)]
+    if not convs:
+        raise UserError(f"{type(model).__name__} has no zero-padded Conv2d to switch")
+    try:
+        for conv in convs:
+            conv.padding_mode = "circular"
+        yield len(convs)
+    finally:
+        for conv in convs:
+            conv.padding_mode = "zeros"
 
 
 def attention_figure(image, maps, labels, size: float = 1.5, title: str | None = None):

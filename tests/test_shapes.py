@@ -191,3 +191,17 @@ def test_prompt_set_and_tensor():
     x = shapes.to_tensor(make_dataset(4, seed=0).images)
     assert tuple(x.shape) == (4, 3, 64, 64) and str(x.dtype) == "torch.float32"
     assert -1.0 <= x.min().item() and x.max().item() <= 1.0
+
+
+def test_scene_for_draws_the_training_geometry():
+    rng = np.random.default_rng(0)
+    for caption in ("a red circle on the left", "a blue square above a green triangle"):
+        assert shapes.scene_for(caption, rng).caption == caption
+    broad = [shapes.scene_for("a red circle on the left", rng) for _ in range(200)]
+    narrow = [shapes.scene_for("a red circle on the left", rng, qualitative=True) for _ in range(200)]
+    assert all(16 <= s.objects[0].size <= 18 for s in narrow)
+    assert np.std([s.objects[0].size for s in broad]) > 2 * np.std([s.objects[0].size for s in narrow])
+    assert np.std([s.objects[0].cy for s in broad]) > 2 * np.std([s.objects[0].cy for s in narrow])
+    assert all(s.objects[0].cx < 64 / 3 for s in broad + narrow)  # always inside the caption's third
+    with pytest.raises(ValueError):
+        shapes.scene_for("a red blob", rng)

@@ -142,3 +142,45 @@ def test_shipped_nano_clip_tells_relations_apart(clip_tokenizer):
     data = make_dataset(60, seed=8, split="test", pair_fraction=1.0)  # two objects: four arrangements, chance 25%
     accuracy = text_tools.placement_accuracy(load_nano_clip(), clip_tokenizer, data.images, data.captions)
     assert accuracy >= 0.5, f"nano CLIP two-object relation accuracy {accuracy:.2f} (chance 0.25)"
+
+
+def test_recorder_layer_maps_per_layer(tiny_config):
+    unet, x, t, text = _unet_inputs(tiny_config, batch=2)
+    with torch.no_grad(), text_tools.CrossAttentionRecorder(unet, cfg=True) as recorder:
+        unet(x, t, text)
+        unet(x, t, text)  # two "steps": layer maps are the mean over both, not the sum
+    layers = recorder.layer_maps()
+    assert len(layers) == 3 and all(name.endswith(".attn2") for name in layers)
+    assert [m.shape[-1] for m in layers.values()] == [8, 4, 8]  # call order: down, mid, up
+    assert all(torch.allclose(m.sum(1), torch.ones(1, *m.shape[-2:]), atol=1e-4) for m in layers.values())
+    assert list(recorder.layer_maps(4)) == [n for n in layers if n.startswith("mid_block")]
+    # the mean over layers of the same resolution equals maps() restricted to it
+    eight = torch.stack(list(recorder.layer_maps(8).values())).mean(0)
+    assert torch.allclose(eight, recorder.sums[8] / 4, atol=1e-6)
+    with pytest.raises(text_tools.UserError, match="no cross-attention at 2x2"):
+        recorder.layer_maps(2)
+    import matplotlib.pyplot as plt
+
+    fig = text_tools.layer_attention_figure(np.zeros((16, 16, 3), np.uint8), {n: m[0, 1:3] for n, m in layers.items()},
+                                            ["a", "red"])
+    assert len(fig.axes) == 3 * 3
+    plt.close(fig)
+    with pytest.raises(text_tools.UserError):
+        text_tools.layer_attention_figure(np.zeros((16, 16, 3), np.uint8), {}, ["a"])
+
+
+def test_circular_padding_removes_the_only_positional_signal(tiny_config):
+    unet, _, t, text = _unet_inputs(tiny_config, batch=1)
+    flat = torch.full((1, 4, 8, 8), 0.5)
+    spread = lambda out: (out - out.mean((2, 3), keepdim=True)).abs().max().item()
+    with torch.no_grad():
+        zero = unet(flat, t, text).sample
+        with text_tools.circular_padding(unet) as switched:
+            wrapped = unet(flat, t, text).sample
+        restored = unet(flat, t, text).sample
+    assert switched > 0 and spread(zero) > 1e-3 and spread(wrapped) < 1e-5  # no padding, no "where"
+    assert torch.equal(restored, zero)
+    assert all(m.padding_mode == "zeros" for m in unet.modules() if isinstance(m, torch.nn.Conv2d))
+    with pytest.raises(text_tools.UserError, match="no zero-padded Conv2d"):
+        with text_tools.circular_padding(torch.nn.Linear(2, 2)):
+            pass

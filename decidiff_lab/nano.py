@@ -6,8 +6,9 @@ Same classes as the real pipelines (diffusers `AutoencoderKL`, `UNet2DConditionM
 * VAE: SD's factor 8 (64x64x3 -> 8x8x4). Probes here: U-Nets on 8x8 latents learn object
   placement in minutes, on 16x16 (factor 4) they stayed at chance for 43 minutes.
 * CLIP: text + vision towers, 77 positions and the real 49,408-token BPE vocabulary.
-* nano-sd: SD 1.5's block pattern (attention in every level but the deepest, 2 ResNets per
-  down block, 3 per up block) on three levels, so the 32x32 phase (4x4 latents) still fits.
+* nano-sd: SD 1.5's block pattern (cross-attention at 8x8 and 4x4 and in the 2x2 mid block,
+  none in the deepest down and up blocks; 2 ResNets per down block, 3 per up block) on three
+  levels, so the 32x32 phase (4x4 latents) still fits.
 * nano-deci: a U-Net-NAS point with fewer ResNets and attentions, chosen by the
   latency-budgeted search in `decidiff_lab.search` (see data/README.md for the numbers).
 """

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from . import runtimes
 from .accounting import architecture_summary
 from .bench import BenchCase, bench_cases, decompose_speedup, markdown_table, matmul_peak_gflops
 from .checker import format_scores
@@ -132,6 +133,9 @@ def _bench(args) -> None:
     if args.repeats < 1:
         raise UserError(f"--repeats must be at least 1 (got {args.repeats})")
     steps_list = _int_list(args.steps)
+    runtimes_list = [r.strip() for r in args.runtimes.split(",")]
+    for runtime in runtimes_list:
+        runtimes.missing(runtime)  # an unknown name fails here, in one line, before anything loads
     device = args.device or default_device()
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(args.dtype)
     peak = matmul_peak_gflops(device, dtype)  # None: the dtype pipelines load in on this device
@@ -143,12 +147,17 @@ def _bench(args) -> None:
         except UserError as err:
             print(f"skip {preset.name}: {err}", file=sys.stderr)
             continue
-        if args.compile:
-            pipe.unet = torch.compile(pipe.unet)
-        cases += [BenchCase(preset.name, pipe, steps, preset.default_guidance, preset.guidance_rescale)
-                  for steps in steps_list]
+        for runtime in runtimes_list:
+            why = runtimes.missing(runtime)
+            if why:
+                print(f"skip {runtime}: {why}", file=sys.stderr)
+                continue
+            run = pipe if runtime == "eager" else runtimes.with_runtime(pipe, runtime, threads=torch.get_num_threads())
+            name = preset.name if runtime == "eager" else f"{preset.name} [{runtime}]"
+            cases += [BenchCase(name, run, steps, preset.default_guidance, preset.guidance_rescale)
+                      for steps in steps_list]
     if not cases:
-        raise UserError("no preset could be loaded: see the lines above")
+        return  # every preset was skipped, each with its one line
     # Every preset and step count in the same interleaved rounds: their ratios share the machine's state.
     records = bench_cases(cases, repeats=args.repeats, warmup=args.warmup, usd_per_hour=args.usd_per_hour,
                           peak_gflops=peak)
@@ -161,7 +170,9 @@ def _bench(args) -> None:
     if args.markdown:
         print(markdown_table(records))
     names = {r["preset"] for r in records}
-    for sd, deci in (("nano-sd", "nano-deci"), ("sd15", "deci-v2"), ("sd15", "deci-v1")):
+    pairs = [(sd + tag, deci + tag) for sd, deci in (("nano-sd", "nano-deci"), ("sd15", "deci-v2"), ("sd15", "deci-v1"))
+             for tag in ["" if r == "eager" else f" [{r}]" for r in runtimes_list]]
+    for sd, deci in pairs:
         if len(steps_list) >= 2 and {sd, deci} <= names:
             split = decompose_speedup(records, (sd, max(steps_list)), (deci, min(steps_list)))
             low, high = split["measured_total_interval"]
@@ -231,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--usd-per-hour", type=float, default=None, help="machine price, for cost per 10k images")
     bench.add_argument("--device", default=None)
     bench.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None, help="default: fp16 on CUDA")
-    bench.add_argument("--compile", action="store_true", help="torch.compile the U-Net (CUDA)")
+    bench.add_argument("--runtimes", default="eager",
+                       help="comma-separated U-Net runtimes: eager, torch.compile, onnxruntime, openvino (the last two: CPU)")
     bench.add_argument("--json", default=None, help="write one record per (preset, steps) here")
     bench.add_argument("--markdown", action="store_true", help="also print a markdown table")
     bench.set_defaults(run=_bench)

@@ -1,8 +1,8 @@
 """From benchmark records to what notebook 06 shows: breakdowns, speed-up factors, costs, tables.
 
-Everything here takes the plain dicts that `decidiff_lab.bench.bench_pipeline` returns (one per
+Everything here takes the plain dicts that `decidiff_lab.bench.bench_cases` returns (one per
 preset x steps) and turns them into rows, markdown tables (`decidiff_lab.tables.markdown`) and
-matplotlib figures. The seed's own
+matplotlib figures. The model card's and blog post's own
 figures live here too, as data, every row marked `"quoted": True`: they are Deci's
 measurements on Deci's hardware, shown *beside* ours, never mixed into them.
 """
@@ -15,7 +15,7 @@ from .bench import decompose_speedup
 from .errors import UserError
 from .tables import markdown
 
-# ------------------------------------------------------------------ the seed's figures (quoted)
+# ------------------------------------------------------------------ the model card's and blog post's figures (quoted)
 
 AI100_SOURCE = "DeciDiffusion 2.0 model card"
 AI100_HARDWARE = "Qualcomm Cloud AI 100, FP16, compiled"
@@ -45,7 +45,7 @@ def quoted_decomposition() -> dict:
 
 
 def quoted_tables_markdown() -> str:
-    """Both of the seed's tables as markdown, each headed and labelled as quoted."""
+    """The model card's and the blog post's tables as markdown, each headed and labelled as quoted."""
     ai100 = {(r["preset"], r["steps"]): r["seconds_per_image"] for r in QUOTED_AI100}
     rows = [{"steps": n, "deci": ai100[("deci-v2", n)], "sd": ai100[("sd15", n)],
              "ratio": ai100[("sd15", n)] / ai100[("deci-v2", n)]} for n in (16, 10)]
@@ -202,5 +202,24 @@ def plot_flops(records: list[dict], ax=None, title: str = "Achieved U-Net FLOP/s
     ax.axhline(peak, color="black", ls="--", lw=1, label=f"matmul peak {peak:.0f} GFLOP/s")
     ax.set(ylabel="GFLOP/s", title=title)
     ax.set_ylim(0, peak * 1.15)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_runtimes(rows: list[dict], sd: str, deci: str, ax=None,
+                  title: str = "Seconds per image, U-Net under each runtime (measured)"):
+    """Grouped bars: per runtime, SD's and Deci's seconds per image, labelled with Deci's speed-up over SD.
+
+    `rows`: one dict per runtime with keys runtime, sd, deci (seconds) and deci_vs_sd (the ratio).
+    """
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(7, 3.4))[1]
+    x = np.arange(len(rows))
+    ax.bar(x - 0.2, [r["sd"] for r in rows], 0.4, label=sd, color="tab:gray")
+    bars = ax.bar(x + 0.2, [r["deci"] for r in rows], 0.4, label=deci, color="tab:blue")
+    ax.bar_label(bars, labels=[f"{r['deci_vs_sd']:.2f}x" for r in rows], fontsize=8)
+    ax.set_xticks(x, [r["runtime"] for r in rows])
+    ax.set(ylabel="seconds per image", title=title)
     ax.legend(fontsize=8)
     return ax

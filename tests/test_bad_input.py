@@ -40,6 +40,7 @@ CLI_CASES = [
     (["bench", "--steps", "16,0"], "--steps must be positive"),
     (["bench", "--repeats", "0"], "--repeats must be at least 1"),
     (["bench", "--presets", "nano-xl"], "unknown preset 'nano-xl'"),
+    (["bench", "--runtimes", "eager,tensorrt"], "unknown runtime 'tensorrt': pick one of eager, torch.compile"),
     (["evaluate", "--prompts", "0"], "--prompts must be at least 1 (got 0)"),
     (["evaluate", "--steps", "0"], "--steps must be a positive integer (got 0)"),
     (["evaluate", "--presets", "nano-xl"], "unknown preset 'nano-xl'"),

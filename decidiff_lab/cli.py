@@ -15,7 +15,7 @@ from PIL import Image
 
 from . import runtimes
 from .accounting import architecture_summary
-from .bench import BenchCase, bench_cases, decompose_speedup, markdown_table, matmul_peak_gflops
+from .bench import BenchCase, bench_cases, decompose_speedup, markdown_table, matmul_peak_gflops, speedup
 from .checker import format_scores
 from .doctor import format_machine_report, machine_report, smoke_preset
 from .errors import UserError
@@ -175,9 +175,11 @@ def _bench(args) -> None:
     for sd, deci in pairs:
         if len(steps_list) >= 2 and {sd, deci} <= names:
             split = decompose_speedup(records, (sd, max(steps_list)), (deci, min(steps_list)))
-            low, high = split["measured_total_interval"]
-            print(f"speed-up {deci}@{min(steps_list)} vs {sd}@{max(steps_list)}: {split['measured_total']:.2f}x "
-                  f"(per-round 95% interval {low:.2f}-{high:.2f}) = fewer steps {split['fewer_steps']:.2f}x "
+            total = speedup(records, (sd, max(steps_list)), (deci, min(steps_list)))
+            low, high = total["interval"]
+            print(f"speed-up {deci}@{min(steps_list)} vs {sd}@{max(steps_list)}: {split['measured_total']:.2f}x best rounds "
+                  f"(per-round ratios: median {total['paired_median']:.2f}x, 95% interval {low:.2f}-{high:.2f}) "
+                  f"= fewer steps {split['fewer_steps']:.2f}x "
                   f"x cheaper U-Net {split['cheaper_unet']:.2f}x (product {split['product']:.2f}x)")
     if args.json:
         Path(args.json).write_text(json.dumps(records, indent=2))

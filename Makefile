@@ -7,8 +7,10 @@ STAMP  := $(VENV)/.installed
 # requirement from pulling a multi-GB CUDA build. Elsewhere, override: make TORCH="torch" ...
 TORCH  ?= torch==2.13.0
 NOTEBOOKS := $(wildcard notebooks/*.ipynb notebooks/solutions/*.ipynb)
-# The two that train U-Nets take a third of the time: started first, the rest fill in beside them.
-SLOWEST   := notebooks/07_training_recipe.ipynb notebooks/solutions/07_training_recipe_solutions.ipynb
+# The two that train U-Nets and the one that converts U-Nets to three runtimes take half the time:
+# started first, the rest fill in beside them.
+TRAINING  := notebooks/07_training_recipe.ipynb notebooks/solutions/07_training_recipe_solutions.ipynb
+SLOWEST   := $(TRAINING) notebooks/06_latency_vs_sd15.ipynb
 NOTEBOOKS := $(SLOWEST) $(filter-out $(SLOWEST),$(NOTEBOOKS))
 
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -53,7 +55,7 @@ test: $(STAMP) browser
 # this machine's AVX2 ones (ATen's own kernels are left as they are: ATEN_CPU_CAPABILITY=default makes the
 # training notebooks several times slower). The two that train, and 00, whose gallery embeds its images.
 # The others only infer: 01, 02 and 04 passed strict nbval this way when #14 measured them.
-PORTABLE := $(SLOWEST) notebooks/00_quickstart.ipynb
+PORTABLE := $(TRAINING) notebooks/00_quickstart.ipynb
 test-portable: $(STAMP)
 	$(NOTEBOOK_ENV) ONEDNN_MAX_CPU_ISA=SSE41 $(PY) $(NBVAL) $(PORTABLE)
 
@@ -103,7 +105,7 @@ course: $(STAMP)
 REPLICA     := build/replica-hf-home
 REPLICA_ENV := HF_HOME=$(abspath $(REPLICA)) HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
 COMPARING   := notebooks/00_quickstart.ipynb notebooks/03_unet_nas.ipynb
-ON_REPLICA  := $(filter-out $(SLOWEST),$(NOTEBOOKS))
+ON_REPLICA  := $(filter-out $(TRAINING),$(NOTEBOOKS))
 $(REPLICA)/.built: tests/replica_hub.py decidiff_lab/presets.py decidiff_lab/hub.py decidiff_lab/architectures.py $(STAMP)
 	rm -rf $(REPLICA)
 	$(PY) tests/replica_hub.py $(REPLICA) --sample-size 32

@@ -148,11 +148,12 @@ def _bench(args) -> None:
             print(f"skip {preset.name}: {err}", file=sys.stderr)
             continue
         for runtime in runtimes_list:
-            why = runtimes.missing(runtime)
-            if why:
+            if why := runtimes.missing(runtime):
                 print(f"skip {runtime}: {why}", file=sys.stderr)
-                continue
-            run = pipe if runtime == "eager" else runtimes.with_runtime(pipe, runtime, threads=torch.get_num_threads())
+        available = [r for r in runtimes_list if runtimes.missing(r) is None]
+        runs = runtimes.with_runtimes(pipe, [r for r in available if r != "eager"], threads=torch.get_num_threads())
+        for runtime in available:
+            run = runs.get(runtime, pipe)
             name = preset.name if runtime == "eager" else f"{preset.name} [{runtime}]"
             cases += [BenchCase(name, run, steps, preset.default_guidance, preset.guidance_rescale)
                       for steps in steps_list]

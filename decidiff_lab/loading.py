@@ -87,9 +87,9 @@ def resolve_preset(name: str = "auto", device: str | None = None) -> tuple[Prese
     return _AUTO[kind]
 
 
-# The seed's own demo prompts (real models), and their nano counterparts: one shape, a place,
-# a two-object composition (the seed's stated weak spot).
-SEED_PROMPTS = ["A photo of an astronaut riding a horse on Mars", "A big owl with bright shinning eyes"]
+# The blog post's own demo prompts (real models), and their nano counterparts: one shape, a place,
+# a two-object composition (the model card's stated weak spot).
+DEMO_PROMPTS = ["A photo of an astronaut riding a horse on Mars", "A big owl with bright shinning eyes"]
 NANO_PROMPTS = ["a red circle in the center", "a blue square on the left", "a yellow triangle above a purple circle"]
 
 
@@ -101,7 +101,7 @@ def comparison_pair(preset: str = "auto", device: str | None = None) -> tuple[Pr
 
 
 def demo_prompts(preset: Preset) -> list[str]:
-    return NANO_PROMPTS if preset.is_nano else SEED_PROMPTS
+    return NANO_PROMPTS if preset.is_nano else DEMO_PROMPTS
 
 
 def resolved_commit(model) -> str | None:

@@ -8,6 +8,9 @@ in the same interleaved rounds and the pipeline samples exactly as before:
     fast = with_runtime(pipe, "onnxruntime")
     parity(pipe.unet, fast.unet)      # max |difference| of one guided U-Net call
 
+`with_runtimes(pipe, names)` does it for several at once and exports the U-Net to ONNX once for
+every runtime that reads ONNX (the export is what takes time: tens of seconds per U-Net).
+
 ONNX Runtime and OpenVINO are the optional `deploy` extra (`pip install "decidiff-lab[deploy]"`);
 `missing(name)` says in one line what is not installed. The export goes through PyTorch's own
 ONNX exporter (`torch.onnx.export(dynamo=True)`) with a dynamic batch, so the guided batch of 2
@@ -89,7 +92,9 @@ class RuntimeUNet(torch.nn.Module):
         return UNet2DConditionOutput(sample=out) if return_dict else (out,)
 
 
-def _export_onnx(unet, folder: Path) -> Path:
+def _export_onnx(unet, workdir: str | Path | None) -> Path:
+    folder = Path(workdir or tempfile.mkdtemp(prefix="decidiff-lab-onnx-"))
+    folder.mkdir(parents=True, exist_ok=True)
     side, channels = unet.config.sample_size, unet.config.in_channels
     example = (torch.zeros(2, channels, side, side, dtype=unet.dtype, device=unet.device),
                torch.full((2,), 500, dtype=torch.int64, device=unet.device),
@@ -112,6 +117,11 @@ def _export_onnx(unet, folder: Path) -> Path:
     return path
 
 
+def _require_cpu(unet, runtime: str) -> None:
+    if unet.device.type != "cpu":
+        raise UserError(f"{runtime} runs here on the CPU only: benchmark a GPU pipeline with eager and torch.compile")
+
+
 def _numpy_runner(predict, dtype):
     def run(sample, timestep, text):
         feeds = {"sample": sample.detach().cpu().numpy(), "timestep": timestep.cpu().numpy(),
@@ -120,10 +130,11 @@ def _numpy_runner(predict, dtype):
     return run
 
 
-def compile_unet(unet, runtime: str, threads: int | None = None, workdir: str | Path | None = None) -> RuntimeUNet:
+def compile_unet(unet, runtime: str, threads: int | None = None, workdir: str | Path | None = None,
+                 onnx_path: str | Path | None = None) -> RuntimeUNet:
     """`unet` under `runtime`. `threads` fixes ONNX Runtime's and OpenVINO's CPU threads (PyTorch's
     own setting covers eager and torch.compile); `workdir` keeps the exported graph (a temporary
-    folder otherwise)."""
+    folder otherwise); `onnx_path`, an ONNX export of this very U-Net, skips the export."""
     why = missing(runtime)
     if why:
         raise UserError(why)
@@ -132,11 +143,8 @@ def compile_unet(unet, runtime: str, threads: int | None = None, workdir: str | 
         return RuntimeUNet(unet, _Forward(unet), runtime)
     if runtime == "torch.compile":
         return RuntimeUNet(unet, torch.compile(_Forward(unet)), runtime)
-    if unet.device.type != "cpu":
-        raise UserError(f"{runtime} runs here on the CPU only: benchmark a GPU pipeline with eager and torch.compile")
-    folder = Path(workdir or tempfile.mkdtemp(prefix="decidiff-lab-onnx-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    path = _export_onnx(unet, folder)
+    _require_cpu(unet, runtime)
+    path = Path(onnx_path) if onnx_path else _export_onnx(unet, workdir)
     if runtime == "onnxruntime":
         import onnxruntime as ort
 
@@ -153,16 +161,34 @@ def compile_unet(unet, runtime: str, threads: int | None = None, workdir: str | 
     return RuntimeUNet(unet, _numpy_runner(lambda feeds: compiled(feeds)[0], unet.dtype), runtime)
 
 
-def with_runtime(pipe, runtime: str, threads: int | None = None, workdir: str | Path | None = None):
+def _base_unet(pipe):
+    return pipe.unet.unet if isinstance(pipe.unet, RuntimeUNet) else pipe.unet
+
+
+def with_runtime(pipe, runtime: str, threads: int | None = None, workdir: str | Path | None = None,
+                 onnx_path: str | Path | None = None):
     """A copy of `pipe` (same components, same scheduler config) whose U-Net runs under `runtime`."""
-    base = pipe.unet.unet if isinstance(pipe.unet, RuntimeUNet) else pipe.unet
-    components = {**pipe.components, "unet": compile_unet(base, runtime, threads, workdir),
+    components = {**pipe.components, "unet": compile_unet(_base_unet(pipe), runtime, threads, workdir, onnx_path),
                   "scheduler": type(pipe.scheduler).from_config(pipe.scheduler.config)}
     if "requires_safety_checker" in pipe.config:  # as the pipeline was built: ours ship no safety checker
         components["requires_safety_checker"] = pipe.config.requires_safety_checker
     fast = type(pipe)(**components)
     fast.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
     return fast
+
+
+def with_runtimes(pipe, names, threads: int | None = None, workdir: str | Path | None = None) -> dict:
+    """`with_runtime(pipe, name)` for each of `names`, the U-Net exported to ONNX once for all that read it."""
+    for name in names:
+        if why := missing(name):
+            raise UserError(why)
+    onnx_path = None
+    readers = [name for name in names if name in _NEEDS]
+    if readers:
+        unet = _base_unet(pipe).eval()
+        _require_cpu(unet, readers[0])
+        onnx_path = _export_onnx(unet, workdir)
+    return {name: with_runtime(pipe, name, threads, workdir, onnx_path) for name in names}
 
 
 @torch.inference_mode()

@@ -8,11 +8,6 @@ from diffusers import UNet2DConditionModel
 from decidiff_lab import runtimes
 from decidiff_lab.generate import generate
 
-EXPORTED = [pytest.param(name, marks=pytest.mark.skipif(runtimes.missing(name) is not None,
-                                                         reason=str(runtimes.missing(name))))
-            for name in ("onnxruntime", "openvino")]
-
-
 def test_unknown_runtime_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown runtime 'tensorrt': pick one of eager, torch.compile"):
         runtimes.missing("tensorrt")
@@ -39,27 +34,42 @@ def test_the_wrapper_refuses_conditions_it_cannot_pass_on(tiny_pipe):
         wrapped(x, 1, torch.zeros(1, 77, 32), down_block_additional_residuals=[x])
 
 
-@pytest.mark.parametrize("runtime", EXPORTED)
-def test_an_exported_unet_matches_eager_and_samples_the_same_image(make_tiny_pipe, runtime, tmp_path):
+EXPORTERS = [name for name in ("onnxruntime", "openvino") if runtimes.missing(name) is None]
+needs_exporters = pytest.mark.skipif(not EXPORTERS, reason=str(runtimes.missing("openvino")))
+
+
+@needs_exporters
+def test_exported_unets_match_eager_and_sample_the_same_image(make_tiny_pipe, tmp_path):
     pipe = make_tiny_pipe()
-    fast = runtimes.with_runtime(pipe, runtime, threads=1, workdir=tmp_path)
-    assert (tmp_path / "unet.onnx").exists() and fast.unet.runtime == runtime
-    assert runtimes.parity(pipe.unet, fast.unet) < 1e-4
-    for batch in (1, 3):  # one graph, any batch: guided (2), unguided (1), several prompts
-        x = torch.randn(batch, 4, 8, 8)
-        text = torch.randn(batch, 77, pipe.unet.config.cross_attention_dim)
-        with torch.inference_mode():
-            np.testing.assert_allclose(fast.unet(x, 10, text).sample, pipe.unet(x, 10, text).sample, atol=1e-4)
+    fast = runtimes.with_runtimes(pipe, ["eager", *EXPORTERS], threads=1, workdir=tmp_path)
+    assert list(tmp_path.glob("*.onnx")) == [tmp_path / "unet.onnx"]  # one export, read by every exporter
     a = generate(pipe, "a red circle", steps=3, guidance_scale=2.5, seed=1)
-    b = generate(fast, "a red circle", steps=3, guidance_scale=2.5, seed=1)
-    assert np.abs(a.astype(int) - b).max() <= 1  # the same image, to a rounding of the last 8-bit level
+    for runtime in ["eager", *EXPORTERS]:
+        assert fast[runtime].unet.runtime == runtime and fast[runtime].unet.unet is pipe.unet
+        assert runtimes.parity(pipe.unet, fast[runtime].unet) < 1e-4
+        for batch in (1, 3):  # one graph, any batch: guided (2), unguided (1), several prompts
+            x = torch.randn(batch, 4, 8, 8)
+            text = torch.randn(batch, 77, pipe.unet.config.cross_attention_dim)
+            with torch.inference_mode():
+                np.testing.assert_allclose(fast[runtime].unet(x, 10, text).sample, pipe.unet(x, 10, text).sample,
+                                           atol=1e-4)
+        b = generate(fast[runtime], "a red circle", steps=3, guidance_scale=2.5, seed=1)
+        assert np.abs(a.astype(int) - b).max() <= 1  # the same image, to a rounding of the last 8-bit level
 
 
-@pytest.mark.parametrize("runtime", EXPORTED)
-def test_a_stock_diffusers_unet_exports_too(runtime, tiny_config):
+def test_with_runtimes_checks_every_name_before_exporting(tiny_pipe, monkeypatch):
+    monkeypatch.setattr(runtimes, "_export_onnx", lambda *a: pytest.fail("exported before checking the names"))
+    with pytest.raises(ValueError, match="unknown runtime 'tensorrt'"):
+        runtimes.with_runtimes(tiny_pipe, ["onnxruntime", "tensorrt"])
+
+
+@needs_exporters
+def test_a_stock_diffusers_unet_exports_too(tiny_config, tmp_path):
     torch.manual_seed(0)
     unet = UNet2DConditionModel(sample_size=8, block_out_channels=(32, 64), layers_per_block=1,
                                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
                                 attention_head_dim=8, norm_num_groups=8).eval()
-    assert runtimes.parity(unet, runtimes.compile_unet(unet, runtime, threads=1)) < 1e-4
+    onnx_path = runtimes._export_onnx(unet, tmp_path)
+    for runtime in EXPORTERS:
+        assert runtimes.parity(unet, runtimes.compile_unet(unet, runtime, threads=1, onnx_path=onnx_path)) < 1e-4

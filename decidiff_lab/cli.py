@@ -147,10 +147,12 @@ def _bench(args) -> None:
         except UserError as err:
             print(f"skip {preset.name}: {err}", file=sys.stderr)
             continue
+        available = []
         for runtime in runtimes_list:
             if why := runtimes.missing(runtime):
                 print(f"skip {runtime}: {why}", file=sys.stderr)
-        available = [r for r in runtimes_list if runtimes.missing(r) is None]
+            else:
+                available.append(runtime)
         runs = runtimes.with_runtimes(pipe, [r for r in available if r != "eager"], threads=torch.get_num_threads())
         for runtime in available:
             run = runs.get(runtime, pipe)

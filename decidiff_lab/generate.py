@@ -9,7 +9,8 @@ import torch
 
 from .errors import UserError
 from .memory import MAX_IMAGES, check_images_per_call, decode_latents_safely
-from .schedulers import SqueezedDPMSolverMultistepScheduler, check_guidance, parse_squeeze_mode
+from .schedulers import (SqueezedDPMSolverMultistepScheduler, check_distinct_timesteps, check_guidance,
+                         parse_squeeze_mode)
 
 BASE_STEPS = 16  # Deci's reference pipeline squeezes its 16-step list to 10
 
@@ -83,6 +84,8 @@ def generate(pipe, prompts: str | list[str], steps: int | None = None, guidance_
     kwargs = {"num_inference_steps": steps}
     if isinstance(pipe.scheduler, SqueezedDPMSolverMultistepScheduler):
         kwargs = {"timesteps": squeezed_schedule(pipe.scheduler, steps)}
+    else:
+        check_distinct_timesteps(pipe.scheduler, steps)
     generator = torch.Generator("cpu").manual_seed(seed)
     half = pipe.vae.dtype != torch.float32  # fp16 VAEs can overflow: decode ourselves, with a fallback
     with torch.inference_mode():

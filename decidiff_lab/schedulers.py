@@ -272,3 +272,15 @@ def check_guidance(guidance_scale: float, guidance_rescale: float = 0.0) -> None
     for name, value in (("guidance_scale", guidance_scale), ("guidance_rescale", guidance_rescale)):
         if not math.isfinite(value) or value < 0:
             raise UserError(f"{name} must be a finite number >= 0 (Deci 2.0 uses 7.5 and 0.8), got {value!r}")
+
+
+def check_distinct_timesteps(scheduler, steps: int) -> None:
+    """Refuse a sampler that would visit one timestep twice at `steps` steps (Karras sigmas on a cosine
+    schedule do: diffusers' step lookup then fails deep inside the pipeline with an IndexError)."""
+    probe = type(scheduler).from_config(scheduler.config)  # a copy: the pipeline's own is left as it is
+    probe.set_timesteps(steps)
+    timesteps = [int(t) for t in probe.timesteps]
+    if len(set(timesteps)) < len(timesteps):
+        raise UserError(f"{type(scheduler).__name__} visits some timesteps twice at {steps} steps on this noise "
+                        f"schedule ({', '.join(map(str, timesteps[:6]))}, ...): Karras sigmas suit SD-like schedules, "
+                        "not a cosine one; use the preset's own sampler")

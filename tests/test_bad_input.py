@@ -160,3 +160,14 @@ def test_any_text_survives_the_prompt_path(nano, text):
     assert isinstance(cleaned, str) and ids.shape == (1, 77)
     with torch.no_grad():
         assert torch.isfinite(nano.text_encoder(ids)[0]).all()
+
+
+def test_karras_sigmas_on_a_cosine_schedule_are_refused_before_the_pipeline(make_tiny_pipe):
+    karras = make_scheduler("dpm++", noise_schedule="deci2", use_karras_sigmas=True)
+    pipe = make_tiny_pipe(scheduler=karras)
+    with pytest.raises(UserError, match="visits some timesteps twice at 10 steps.*use the preset's own sampler"):
+        generate(pipe, "a red circle", steps=10)
+    plain = make_tiny_pipe(scheduler=make_scheduler("dpm++", noise_schedule="deci2"))
+    assert generate(plain, "a red circle", steps=10).shape[0] == 1  # the same schedule without Karras runs
+    sd_karras = make_tiny_pipe(scheduler=make_scheduler("dpm++", noise_schedule="sd15", use_karras_sigmas=True))
+    assert generate(sd_karras, "a red circle", steps=10).shape[0] == 1  # and Karras on an SD-like one does

@@ -138,8 +138,9 @@ def _train_nano(tmp_path, name, processes, recipe_file, check=True):
                           "--only", "nano-deci", "--out", str(tmp_path / f"out-{name}"),
                           "--workdir", str(tmp_path / f"work-{name}")],
                          capture_output=True, text=True, timeout=300, env=env)
-    if check:
-        assert out.returncode == 0, out.stderr[-3000:]
+    if check:  # every process's error first: torchrun's own tail shows only the survivor's
+        errors = [line for line in out.stderr.splitlines() if "Error" in line]
+        assert out.returncode == 0, "\n".join(errors[:30]) + "\n...\n" + out.stderr[-2000:]
     return out
 
 

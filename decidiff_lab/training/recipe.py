@@ -4,6 +4,7 @@ recipe file written beside a run's outputs, so a resumed run notices a changed r
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -93,7 +94,9 @@ RECIPE_FILE = "recipe.json"
 
 def save_recipe(recipe: Recipe, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / RECIPE_FILE).write_text(json.dumps(asdict(recipe), indent=1) + "\n")
+    partial = folder / (RECIPE_FILE + ".partial")  # then renamed: a reader never sees half a file
+    partial.write_text(json.dumps(asdict(recipe), indent=1) + "\n")
+    os.replace(partial, folder / RECIPE_FILE)
 
 
 def check_recipe(recipe: Recipe, folder: Path) -> None:

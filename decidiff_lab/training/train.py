@@ -78,7 +78,8 @@ def train_nano(out_dir: Path, workdir: Path, recipe: Recipe | None = None, only:
     accelerator = accelerator or Accelerator(kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=3))])
     main = accelerator.is_main_process
     out_dir, workdir = Path(out_dir), Path(workdir)
-    check_recipe(recipe, workdir)
+    check_recipe(recipe, workdir)  # every process reads it, and gets the same verdict, before anyone writes it
+    accelerator.wait_for_everyone()
     if main:
         save_recipe(recipe, workdir)
     tokenizer = CLIPTokenizer.from_pretrained(data_dir() / "clip-tokenizer")

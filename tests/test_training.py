@@ -130,6 +130,16 @@ def test_a_batch_that_does_not_split_over_the_processes_is_a_clear_error():
         train_unet(unet, noise_scheduler, _phases(), recipe, "nano-deci", accelerator=TwoProcesses(cpu=True))
 
 
+def test_the_joint_text_encoder_on_more_than_one_process_is_a_one_line_error():
+    class TwoProcesses(Accelerator):
+        num_processes = 2
+
+    unet, noise_scheduler = build_nano_unet("nano-deci")
+    with pytest.raises(UserError, match="joint_text_encoder trains on one process: launch without --num_processes"):
+        train_unet(unet, noise_scheduler, _phases(), Recipe(**TINY), "nano-deci", accelerator=TwoProcesses(cpu=True),
+                   text_encoder=torch.nn.Linear(1, 1))
+
+
 def _train_nano(tmp_path, name, processes, recipe_file, check=True):
     launch = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
               if processes > 1 else [sys.executable])

@@ -7,10 +7,9 @@ STAMP  := $(VENV)/.installed
 # requirement from pulling a multi-GB CUDA build. Elsewhere, override: make TORCH="torch" ...
 TORCH  ?= torch==2.13.0
 NOTEBOOKS := $(wildcard notebooks/*.ipynb notebooks/solutions/*.ipynb)
-# The two that train U-Nets and the one that converts U-Nets to three runtimes take half the time:
-# started first, the rest fill in beside them.
+# The two that train U-Nets take a third of the time: started first, the rest fill in beside them.
 TRAINING  := notebooks/07_training_recipe.ipynb notebooks/solutions/07_training_recipe_solutions.ipynb
-SLOWEST   := $(TRAINING) notebooks/06_latency_vs_sd15.ipynb
+SLOWEST   := $(TRAINING)
 NOTEBOOKS := $(SLOWEST) $(filter-out $(SLOWEST),$(NOTEBOOKS))
 
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

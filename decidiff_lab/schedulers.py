@@ -276,10 +276,12 @@ def check_guidance(guidance_scale: float, guidance_rescale: float = 0.0) -> None
 
 def check_distinct_timesteps(scheduler, steps: int) -> None:
     """Refuse a sampler that would visit one timestep twice at `steps` steps (Karras sigmas on a cosine
-    schedule do: diffusers' step lookup then fails deep inside the pipeline with an IndexError)."""
-    probe = type(scheduler).from_config(scheduler.config)  # a copy: the pipeline's own is left as it is
-    probe.set_timesteps(steps)
-    timesteps = [int(t) for t in probe.timesteps]
+    schedule do: diffusers' step lookup then fails deep inside the pipeline with an IndexError).
+
+    Sets `scheduler`'s timesteps, as the pipeline does again first thing when it runs: a copy would
+    cost ten times as much, inside every timed `generate` call."""
+    scheduler.set_timesteps(steps)
+    timesteps = [int(t) for t in scheduler.timesteps]
     if len(set(timesteps)) < len(timesteps):
         raise UserError(f"{type(scheduler).__name__} visits some timesteps twice at {steps} steps on this noise "
                         f"schedule ({', '.join(map(str, timesteps[:6]))}, ...): Karras sigmas suit SD-like schedules, "

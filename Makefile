@@ -9,8 +9,7 @@ TORCH  ?= torch==2.13.0
 NOTEBOOKS := $(wildcard notebooks/*.ipynb notebooks/solutions/*.ipynb)
 # The two that train U-Nets take a third of the time: started first, the rest fill in beside them.
 TRAINING  := notebooks/07_training_recipe.ipynb notebooks/solutions/07_training_recipe_solutions.ipynb
-SLOWEST   := $(TRAINING)
-NOTEBOOKS := $(SLOWEST) $(filter-out $(SLOWEST),$(NOTEBOOKS))
+NOTEBOOKS := $(TRAINING) $(filter-out $(TRAINING),$(NOTEBOOKS))
 
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

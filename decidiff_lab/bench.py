@@ -42,14 +42,14 @@ def synchronize(device) -> None:
 
 
 def time_interleaved(calls: dict, repeats: int = 5, warmup: int = 1, device="cpu",
-                     desc: str | None = None) -> dict[object, list[float]]:
+                     desc: str | None = None, clock: Callable[[], float] = time.perf_counter) -> dict[object, list[float]]:
     """Seconds of every call in each of `repeats` rounds, the calls taking turns within a round.
 
     Why rounds: a machine that drifts (another process, a CPU clock that boosts or throttles) then
     shifts every call alike, and round k of one call can be paired with round k of another; timing
     each call's repeats back to back puts all of a drift on one of them. The order reverses every
     other round, so no call always runs first or right after the same neighbour. `desc` shows a
-    progress bar over the rounds.
+    progress bar over the rounds. `clock` is for tests: a fake one makes every timing exact.
     """
     if repeats < 1:
         raise UserError(f"repeats must be at least 1 (got {repeats!r})")
@@ -61,10 +61,10 @@ def time_interleaved(calls: dict, repeats: int = 5, warmup: int = 1, device="cpu
     for k in tqdm(range(repeats), desc=desc, unit="round", disable=desc is None):
         for name in names if k % 2 == 0 else reversed(names):
             synchronize(device)
-            start = time.perf_counter()
+            start = clock()
             calls[name]()
             synchronize(device)
-            samples[name].append(time.perf_counter() - start)
+            samples[name].append(clock() - start)
     return samples
 
 
@@ -292,11 +292,18 @@ def speedup(records: list[dict], base: tuple[str, int], fast: tuple[str, int]) -
     """base time / fast time: the ratio of minima, and the per-round ratios' median with its
     bootstrap interval (round k of one case ran beside round k of the other)."""
     a, b = _find(records, base), _find(records, fast)
-    result = {"ratio": a["seconds_per_image"] / b["seconds_per_image"]}
     if len(a.get("samples", ())) == len(b.get("samples", ())) > 0:
-        paired = np.asarray(a["samples"]) / np.asarray(b["samples"])
-        result.update(paired_median=float(np.median(paired)), interval=bootstrap_interval(paired))
-    return result
+        return paired_ratio(a["samples"], b["samples"])
+    return {"ratio": a["seconds_per_image"] / b["seconds_per_image"]}
+
+
+def paired_ratio(slow: list[float], fast: list[float]) -> dict:
+    """slow / fast from two calls timed in the same rounds (`time_interleaved`): the ratio of minima
+    (each call's least disturbed round), and the per-round ratios' median with its bootstrap
+    interval (round k of one ran beside round k of the other)."""
+    paired = np.asarray(slow) / np.asarray(fast)
+    return {"ratio": min(slow) / min(fast), "paired_median": float(np.median(paired)),
+            "interval": bootstrap_interval(paired)}
 
 
 def decompose_speedup(records: list[dict], base: tuple[str, int], fast: tuple[str, int]) -> dict:
@@ -322,6 +329,32 @@ def decompose_speedup(records: list[dict], base: tuple[str, int], fast: tuple[st
     # Where the records kept their rounds: each factor's interval over the rounds' paired ratios.
     split.update({f"{name}_interval": f["interval"] for name, f in factors.items() if "interval" in f})
     return split
+
+
+def read_ratio(claim: str, ratio: float, interval: tuple[float, float] | None = None, above: float = 1.0) -> str:
+    """A measured ratio read in words against what a lesson expects of it: `claim` holds when the
+    ratio is above `above` ("DeciDiffusion is faster", 1.0).
+
+    Never raises: a busy or slow machine can widen or even flip a timing, and a lesson that stops
+    with an AssertionError blames the learner's machine. So the reading says which of three things
+    this run shows: the claim (the whole interval of the per-round ratios' median above `above`),
+    the opposite (all of it below), or no verdict (the interval straddles it). Without an interval, only
+    the direction of the one ratio.
+    """
+    figure = f"{ratio:.2f}x" + (f" (per-round 95% interval {interval[0]:.2f}-{interval[1]:.2f})" if interval else "")
+    if interval is None:
+        holds = ratio > above
+        return (f"{claim}: {figure}." if holds else
+                f"finding: this run contradicts '{claim}': {figure}, not above {above:g}. A busy machine can do "
+                "that; rerun it on a quiet one before drawing a conclusion.")
+    low, high = interval
+    if low > above:
+        return f"{claim}: {figure}; the whole interval lies above {above:g}."
+    if high < above:
+        return (f"finding: this run contradicts '{claim}': {figure}, below {above:g} throughout. If the machine "
+                "was busy, rerun it; if it persists, it is a real result on this machine worth understanding.")
+    return (f"not settled by this run: '{claim}' {figure}: the interval spans {above:g}. More rounds or a quieter "
+            "machine narrow it.")
 
 
 def markdown_table(records: list[dict]) -> str:

@@ -1,6 +1,7 @@
 """The rule every notebook follows (README, "Testing"): strict outputs hold on any machine,
 measurements are ignored by nbval and asserted in their cell, and every sanitize rule says why."""
 
+import ast
 import configparser
 import json
 import re
@@ -12,7 +13,15 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("**/*.ipynb"))
 IGNORE = "# NBVAL_IGNORE_OUTPUT"
 # Sources whose numbers are measurements: wall clocks and training runs.
-MEASURES = re.compile(r"time_call\(|perf_counter\(|\.seconds\b|train_seconds|\.rows\b|run_mini_recipe\(|_seconds\(")
+MEASURES = re.compile(r"time_call\(|time_interleaved\(|bench_cases\(|block_latencies\(|search\(|perf_counter\(|"
+                      r"\.seconds\b|train_seconds|\.rows\b|run_mini\(|_seconds\(")
+# Words that name a wall-clock quantity or a ratio of two: an ordering (<, >, ...) on one is a speed claim, which
+# a busy or slow machine can flip. Notebooks print such readings (bench.read_ratio); tests/test_bench_clock.py
+# checks the harness's arithmetic on a fake clock.
+TIMED = re.compile(r"second|_s\b|\bms\b|_ms\b|latenc|speed|faster|slower|per_sample|over_eager|deci_vs_sd|"
+                   r"fewer_steps|cheaper_unet|measured_total|interaction|saving|peak_fraction|achieved|PEAK|"
+                   r"spread_fraction|\bat_rule\b|\bat_quality\b|\bmeasured\b|train_seconds")
+ORDERINGS = (ast.Lt, ast.LtE, ast.Gt, ast.GtE)
 WORDS = {5: "five", 6: "six", 7: "seven", 8: "eight", 9: "nine"}
 
 
@@ -41,9 +50,73 @@ def shown_text(outputs) -> str:
 def test_a_measurement_is_ignored_by_nbval_and_asserted_in_its_cell(path):
     for i, source, outputs in code_cells(path):
         if source.startswith(IGNORE):
-            assert re.search(r"^\s*assert ", source, re.M), f"{path.name} cell {i}: ignored but asserts nothing"
+            assert re.search(r"^\s*assert ", source, re.M), f"{path.name} code cell {i}: ignored but asserts nothing"
         elif MEASURES.search(source) and shown_text(outputs).strip():
-            pytest.fail(f"{path.name} cell {i} shows a measurement that nbval would compare strictly")
+            pytest.fail(f"{path.name} code cell {i} shows a measurement that nbval would compare strictly")
+
+
+def asserts(source: str):
+    """Each assert statement of a cell (IPython magics and shell lines left out) with its source."""
+    python = "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
+    for node in ast.walk(ast.parse(python)):
+        if isinstance(node, ast.Assert):
+            yield node, ast.get_source_segment(python, node)
+
+
+def timing_orderings(node: ast.Assert) -> list[str]:
+    """The orderings inside an assert that compare a timed quantity."""
+    found = []
+    for compare in ast.walk(node.test):
+        if isinstance(compare, ast.Compare) and any(isinstance(op, ORDERINGS) for op in compare.ops):
+            text = ast.unparse(compare)
+            if TIMED.search(text):
+                found.append(text)
+    return found
+
+
+def positive_only(node: ast.Assert) -> list[str]:
+    """`x > 0`, `0 < x`, `x >= 0` on a single value: true of any time, rate or size that was computed at all, so
+    it can only fail on a crash, which the cell would have raised anyway. `assert True` and constants likewise."""
+    if isinstance(node.test, ast.Constant):
+        return [ast.unparse(node.test)]
+    found = []
+    for compare in ast.walk(node.test):
+        if isinstance(compare, ast.Compare) and len(compare.ops) == 1 and isinstance(compare.ops[0], ORDERINGS):
+            left, right = compare.left, compare.comparators[0]
+            zero = [side for side in (left, right) if isinstance(side, ast.Constant) and side.value == 0]
+            value = right if zero and zero[0] is left else left
+            if zero and isinstance(value, (ast.Name, ast.Subscript, ast.Attribute, ast.Call)):
+                strict_up = isinstance(compare.ops[0], (ast.Gt, ast.GtE)) == (zero[0] is right)
+                if strict_up:
+                    found.append(ast.unparse(compare))
+    return found
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_cell_asserts_a_speed_claim_or_a_check_that_cannot_fail(path):
+    """A lesson never raises on a slow or busy machine, and never asserts what only a crash could break."""
+    for i, source, _ in code_cells(path):
+        for node, text in asserts(source):
+            timed = timing_orderings(node)
+            assert not timed, f"{path.name} code cell {i}: `{text}` orders timings {timed}: print bench.read_ratio instead"
+            trivial = positive_only(node)
+            assert not trivial, f"{path.name} code cell {i}: `{text}` can only fail on a crash ({trivial}): assert what it means"
+
+
+@pytest.mark.parametrize("source, verdict", [
+    ("assert speedup > 1", "timed"), ("assert PEAK > 0", "timed"), ("assert 0 < saving < 1", "timed"),
+    ("assert split['fewer_steps_interval'][0] <= 16 / 10 * 1.03", "timed"),
+    ("assert all(r['seconds_per_image'] > 0 for r in records)", "timed"),
+    ("assert per_sample[low.name] < per_sample[full.name]", "timed"),
+    ("assert n_images > 0", "trivial"), ("assert 0 < len(rows)", "trivial"), ("assert True", "trivial"),
+    ("assert last['val_loss'] < first['val_loss'] / 3", "ok"), ("assert max(diffs) < 1e-4", "ok"),
+    ("assert count_parameters(a) < count_parameters(b)", "ok"), ("assert len(result['rows']) == 16", "ok"),
+    ("%load_ext autotime\nassert r['unet'] < tolerance", "ok"),
+])
+def test_the_rule_tells_speed_claims_and_crash_only_checks_from_real_ones(source, verdict):
+    ((node, _),) = asserts(source)
+    found = "timed" if timing_orderings(node) else "trivial" if positive_only(node) else "ok"
+    assert found == verdict, source
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

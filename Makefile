@@ -43,11 +43,12 @@ KERNEL_THREADS ?= 1
 WORKERS        ?= $(shell echo $$(( $$(nproc) / $(KERNEL_THREADS) > 1 ? $$(nproc) / $(KERNEL_THREADS) : 1 )))
 NOTEBOOK_ENV   := HF_HUB_OFFLINE=1 OMP_NUM_THREADS=$(KERNEL_THREADS)
 NBVAL          := -m pytest -n $(WORKERS) --dist loadfile --nbval
-FAST_UNIT      := -m pytest -n $(WORKERS) --dist loadscope -m "not slow" tests
+# Tests marked `measurement` assert a speed: they need a quiet machine, so CI leaves them to bench-agreement.
+FAST_UNIT      := -m pytest -n $(WORKERS) --dist loadscope -m "not slow and not measurement" tests
 # One pytest run for both, so the two workers stay busy to the end: the training notebooks first, the
 # unit tests (one torch thread per worker, tests/conftest.py) fill in beside them.
 test: $(STAMP) browser
-	$(NOTEBOOK_ENV) $(PY) $(NBVAL) $(NOTEBOOKS) tests
+	$(NOTEBOOK_ENV) $(PY) $(NBVAL) -m "not measurement" $(NOTEBOOKS) tests
 
 # The notebooks on "another CPU": oneDNN capped at SSE4.1 runs other convolution and matmul kernels than
 # this machine's AVX2 ones (ATen's own kernels are left as they are: ATEN_CPU_CAPABILITY=default makes the
@@ -114,10 +115,12 @@ test-replica: $(STAMP) $(REPLICA)/.built
 	$(REPLICA_ENV) DECIDIFF_LAB_PRESET=deci-v2 $(PY) -m pytest -n 2 --dist loadfile --nbval-lax $(ON_REPLICA)
 	$(REPLICA_ENV) DECIDIFF_LAB_PRESET=deci-v1 $(PY) -m pytest -n 2 --dist loadfile --nbval-lax $(COMPARING)
 
-# Not a test (it measures; run it on a quiet machine): two `decidiff-lab bench` runs agree within 5%, and
-# with a plain-diffusers interleaved timing within 15% (scripts/bench_agreement.py).
+# Not CI (it measures; run it on a quiet machine): two `decidiff-lab bench` runs agree within 5%, and
+# with a plain-diffusers interleaved timing within 15% (scripts/bench_agreement.py); then the tests marked
+# `measurement`, which assert a speed.
 bench-agreement: $(STAMP)
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) scripts/bench_agreement.py --repeats 10
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m measurement tests
 
 clean:
 	rm -rf $(VENV) $(FLOOR_VENV) build .pytest_cache

@@ -341,7 +341,10 @@ def read_ratio(claim: str, ratio: float, interval: tuple[float, float] | None = 
     the opposite (all of it below), or no verdict (the interval straddles it). Without an interval, only
     the direction of the one ratio.
     """
-    figure = f"{ratio:.2f}x" + (f" (per-round 95% interval {interval[0]:.2f}-{interval[1]:.2f})" if interval else "")
+    # The ratio is usually of best rounds, the interval the per-round ratios' median's: two statistics,
+    # so the figure can sit at the interval's edge. Both are named.
+    figure = f"{ratio:.2f}x" + (f" from the best rounds; the median per-round ratio's 95% interval is "
+                                f"{interval[0]:.2f}-{interval[1]:.2f}" if interval else "")
     if interval is None:
         holds = ratio > above
         return (f"{claim}: {figure}." if holds else
@@ -349,11 +352,11 @@ def read_ratio(claim: str, ratio: float, interval: tuple[float, float] | None = 
                 "that; rerun it on a quiet one before drawing a conclusion.")
     low, high = interval
     if low > above:
-        return f"{claim}: {figure}; the whole interval lies above {above:g}."
+        return f"{claim}: {figure}, all of it above {above:g}."
     if high < above:
-        return (f"finding: this run contradicts '{claim}': {figure}, below {above:g} throughout. If the machine "
+        return (f"finding: this run contradicts '{claim}': {figure}, all of it below {above:g}. If the machine "
                 "was busy, rerun it; if it persists, it is a real result on this machine worth understanding.")
-    return (f"not settled by this run: '{claim}' {figure}: the interval spans {above:g}. More rounds or a quieter "
+    return (f"not settled by this run: '{claim}': {figure}, which spans {above:g}. More rounds or a quieter "
             "machine narrow it.")
 
 

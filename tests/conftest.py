@@ -19,6 +19,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than a few seconds (deselect with -m 'not slow')")
+    config.addinivalue_line("markers", "measurement: asserts a speed, so it needs a quiet machine: not in CI, run by "
+                                       "`make bench-agreement`")
 
 
 @pytest.fixture

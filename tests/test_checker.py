@@ -22,6 +22,7 @@ def test_ground_truth(data, split):
     assert report["single"]["accuracy"] >= 0.99 and report["pair"]["accuracy"] >= 0.99
 
 
+@pytest.mark.measurement
 def test_speed(data):
     images, captions = data["train"].images[:200], data["train"].captions[:200]
     checker.evaluate(images[:5], captions[:5])  # colour table built once

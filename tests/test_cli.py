@@ -1,7 +1,6 @@
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -57,14 +56,12 @@ def test_the_command_itself_exits_2_with_one_line():
 
 @pytest.mark.slow
 def test_doctor_answers_fast_offline():
-    start = time.perf_counter()
-    result = run_cli("doctor", "--json")
+    result = run_cli("doctor", "--json")  # a hang would pass run_cli's timeout: a failure
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert info["hub"] == "HF_HUB_OFFLINE is set" and info["hub_check_seconds"] < 2
     assert {"python", "torch", "diffusers", "transformers", "device"} <= set(info)
     assert info["presets_local"]["sd15"] is False
-    assert time.perf_counter() - start < 30
 
 
 def test_evaluate_reports_every_attribute_on_held_out_prompts(capsys, monkeypatch):

@@ -25,17 +25,17 @@ def test_hub_check_is_instant_when_offline_by_env(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
     assert hub.probe(get_preset("deci-v2")) == "HF_HUB_OFFLINE is set"
-    assert time.perf_counter() - start < 0.1
+    assert time.perf_counter() - start < 1  # no request: a network call would wait out its 3 s timeout
 
 
 def test_hub_check_never_outlasts_its_timeout(monkeypatch):
     from huggingface_hub import HfApi
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(HfApi, "model_info", lambda *a, **k: time.sleep(5))
+    monkeypatch.setattr(HfApi, "model_info", lambda *a, **k: time.sleep(30))
     start = time.perf_counter()
     assert hub.probe(get_preset("deci-v2"), timeout=0.3) == "the hub did not answer in time (timeout)"
-    assert time.perf_counter() - start < 1
+    assert time.perf_counter() - start < 5  # far below the hang's 30 s, with room for a busy machine
 
 
 def test_uncached_hub_preset_offline_says_how_to_fetch(monkeypatch, tmp_path):

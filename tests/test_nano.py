@@ -127,7 +127,7 @@ def test_a_short_training_run_lowers_the_loss():
 
 
 @pytest.mark.slow
-def test_auto_on_a_gpu_with_a_hanging_hub_falls_back_within_4_seconds(monkeypatch, tmp_path):
+def test_auto_on_a_gpu_with_a_hanging_hub_falls_back_at_its_timeout(monkeypatch, tmp_path):
     from huggingface_hub import HfApi
 
     from decidiff_lab import loading
@@ -140,7 +140,7 @@ def test_auto_on_a_gpu_with_a_hanging_hub_falls_back_within_4_seconds(monkeypatc
     preset, why = resolve_preset("auto", device="cuda")  # a GPU, but the hub never answers
     elapsed = time.perf_counter() - start
     assert preset.name == "nano-deci" and "did not answer in time" in why and "offline nano model" in why
-    assert elapsed <= 4.0
+    assert elapsed <= 10  # the probe's 3 s timeout, with room for a busy machine; the hang would take 30 s
 
 
 def test_training_log_keeps_every_stage_column(tmp_path):

@@ -101,3 +101,14 @@ def test_plots_draw_one_bar_per_record_and_component():
     assert len(ax.patches) == 8
     ax = report.plot_flops(records)
     assert len(ax.patches) == 2 and ax.get_ylim()[1] == pytest.approx(200 * 1.15)
+
+
+def test_breakdown_arithmetic_is_exact_whatever_the_seconds():
+    """Notebook 06 asserts these identities on measured records: they hold for any timings, even disturbed ones."""
+    for seconds in (0.5, 0.2, 0.25):  # parts inside the whole, parts beyond it, parts exactly the whole
+        record = _record("a", 10, seconds)
+        parts = report.breakdown(record)
+        assert parts["U-Net steps"] == record["steps"] * record["unet_seconds_per_step"]
+        timed = sum(parts[c] for c in report.COMPONENTS if c != "other")
+        assert abs(timed + parts["unexplained"] - parts["whole"]) < 1e-12
+        assert parts["other"] >= 0.0

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -11,6 +12,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 from diffusers import DDPMScheduler
+from pytorch_optimizer import Lamb
 from safetensors.torch import load_file
 
 from decidiff_lab import nano
@@ -64,7 +66,7 @@ def test_recipes_share_one_phase_table_and_whole_batches():
                                          "4 curated fine-tune"]
     assert [p.ema for p in PHASES] == [False, False, True, True]
     mini = Recipe.mini(unet_samples=1000)
-    assert mini.unet_samples == 1000 and mini.phase_samples() == [448, 320, 64, 64]
+    assert mini.unet_samples == 1000 and mini.phase_samples() == [672, 192, 64, 32]
     assert Recipe.quick().reuse_shipped_encoders and not Recipe().reuse_shipped_encoders
     assert Recipe(unet_samples=10, unet_batch=8).phase_samples() == [8] * 4  # at least one batch each
 
@@ -118,6 +120,46 @@ def test_the_loop_resumes_from_its_phase_checkpoints(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(unet.state_dict().values(), again.state_dict().values()))
     saved = load_file(tmp_path / "nano-deci" / "phase-4" / "unet.safetensors")  # the raw weights, not EMA's
     assert set(saved) == set(unet.state_dict())
+    # Resumed after phase 3, phase 4 goes on with the saved weights, EMA and optimiser state: the same curve.
+    shutil.rmtree(tmp_path / "nano-deci" / "phase-4")
+    third, _ = build_nano_unet("nano-deci")
+    again = train_unet(third, noise_scheduler, _phases(), recipe, "nano-deci", score=score,
+                       accelerator=Accelerator(cpu=True), checkpoints=tmp_path)
+    assert len(scored) == 5 and again[3]["losses"] == rows[3]["losses"]
+
+
+def test_a_short_phase_reaches_its_peak_lr_and_later_phases_start_warmed(monkeypatch):
+    """Issue #26: a 100-step warm-up left phases of fewer steps short of their peak LR, and phases 3
+    and 4, each on a fresh LAMB, took its first-step jolt: the step divided by Adam's bias correction
+    1 - 0.9^k, 10x the learning rate at k = 1."""
+    recipe = Recipe(**{**TINY, "lr_warmup_steps": 100, "unet_samples": 8 * 30, "phase_fractions": (0.4, 0.4, 0.1, 0.1)})
+    stepped = []  # (LAMB's own step count k, the lr it steps at), at every optimiser step
+    lamb_step = Lamb.step
+
+    def recording(self, closure=None):
+        group = self.param_groups[0]
+        stepped.append((group.get("step", 0) + 1, group["lr"]))
+        return lamb_step(self, closure)
+
+    monkeypatch.setattr(Lamb, "step", recording)
+    unet, noise_scheduler = build_nano_unet("nano-deci")
+    rows = train_unet(unet, noise_scheduler, _phases(), recipe, "nano-deci", accelerator=Accelerator(cpu=True))
+    assert [r["steps"] for r in rows] == [12, 12, 3, 3]
+    ends = [sum(r["steps"] for r in rows[:i + 1]) for i in range(4)]
+    lrs = [[lr for _, lr in stepped[end - row["steps"]:end]] for row, end in zip(rows, ends)]
+    peaks = [recipe.unet_lr] * 2 + [recipe.late_lr_scale * recipe.unet_lr] * 2
+    for phase_lrs, peak in zip(lrs, peaks):
+        assert max(phase_lrs) == pytest.approx(peak)  # a short phase reaches its peak too
+    assert all(phase_lrs[-1] < 0.1 * recipe.unet_lr for phase_lrs in lrs[:2])  # the cosine phases decay
+    jolt = [lr / (1 - 0.9**k) for k, lr in stepped]  # the relative step LAMB takes
+    assert max(jolt[ends[1]:]) < 1.2 * peaks[2]  # phases 3 and 4 start warmed, not at 10x
+    assert [k for k, _ in stepped] == list(range(1, 31))  # because one LAMB runs through all phases
+    assert [r["lrs"] for r in rows] == lrs  # and each row logs the learning rates its steps took
+
+
+def test_the_warm_up_is_a_share_of_the_phase_capped_by_the_recipe():
+    recipe = Recipe()
+    assert [recipe.warmup_steps(n) for n in (1, 5, 65, 937, 1562)] == [1, 1, 6, 94, 100]
 
 
 def test_a_batch_that_does_not_split_over_the_processes_is_a_clear_error():
@@ -196,3 +238,27 @@ def test_the_quoted_recipes_gpu_hours_follow_from_its_steps_and_batches():
     assert all(b["gpu_hours"] == pytest.approx(a["gpu_hours"] / 0.4) for a, b in zip(floor, at_40))
     with pytest.raises(UserError, match="share of peak"):
         quoted_recipe_gpu_hours(utilization=40)
+
+
+def test_the_optimizer_checkpoint_round_trips_through_safetensors(tmp_path):
+    from decidiff_lab.training.unet import _load_optimizer, _save_optimizer
+
+    def model_and_lamb():
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 3)
+        return model, Lamb(model.parameters(), lr=1e-2, weight_decay=0.01)
+
+    def step(model, opt):
+        opt.zero_grad()
+        model(torch.ones(2, 4)).square().sum().backward()
+        opt.step()
+
+    a, opt_a = model_and_lamb()
+    step(a, opt_a)
+    _save_optimizer(opt_a, tmp_path)
+    assert not list(tmp_path.glob("*.pt")) and (tmp_path / "optimizer.safetensors").is_file()
+    b, opt_b = model_and_lamb()
+    b.load_state_dict(a.state_dict())
+    _load_optimizer(opt_b, tmp_path)
+    step(a, opt_a), step(b, opt_b)  # the same moments: the same next step
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))

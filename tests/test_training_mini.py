@@ -153,10 +153,24 @@ def test_training_step_seconds_times_each_case_and_leaves_the_weights(parts, pha
     unet, noise_scheduler = build_nano_unet("nano-deci")
     before = {k: v.clone() for k, v in unet.state_dict().items()}
     cases = {"low": (unet, noise_scheduler, phases[0].tensors), "full": (unet, noise_scheduler, phases[1].tensors)}
-    seconds = mini.training_step_seconds(cases, batch=4, rounds=2, steps=1)
-    assert set(seconds) == {"low", "full"} and all(0 < s < 1 for s in seconds.values())
+    seconds = mini.training_step_seconds(cases, batch=4, rounds=3, steps=1)
+    assert set(seconds) == {"low", "full"} and all(len(s) == 3 and 0 < min(s) < 1 for s in seconds.values())
     assert all(torch.equal(before[k], v) for k, v in unet.state_dict().items())
     assert all(p.grad is None for p in unet.parameters())
+
+
+def test_step_cost_ratio_pairs_the_rounds():
+    ratio, (low, high) = mini.step_cost_ratio({"full": [4.0, 6.0, 5.0], "low": [2.0, 2.0, 2.5]}, "full", "low")
+    assert ratio == 2.0  # best round against best round
+    assert 2.0 <= low <= high <= 3.0  # per-round ratios 2, 3, 2
+
+
+def test_a_run_scores_generation_only_when_asked(recipe, parts, phases):
+    quiet = mini.run_mini(recipe, parts, phases, validation_images=4, score_each_phase=False)
+    assert all(not set(evaluation.GENERATION_KEYS) & set(row) for row in quiet.rows)
+    assert all(set(evaluation.DENOISE_KEYS) <= set(row) for row in quiet.rows)
+    assert len(plots.plot_curves(quiet.rows, baseline=quiet.baseline).axes) == 2  # loss, denoising
+    plt.close("all")
 
 
 def test_an_ablation_can_be_scored_at_its_end_only(recipe, parts, phases, run):

@@ -111,9 +111,13 @@ def pipeline_for(unet, preset: str, parts: FrozenParts) -> StableDiffusionPipeli
 
 def checkpoint_row(unet, noise_scheduler, preset: str, parts: FrozenParts, validation: dict,
                    prompts_per_kind: int, seed: int, timestep: int = 500) -> dict:
-    """The U-Net as it is now, scored three ways on held-out data: validation loss; the checker on
-    one-step denoising from `timestep` ("denoise_*"); the checker on images generated from pure noise
-    for held-out captions (the shipped logs' columns: "single_*", "pair_*")."""
-    scores = evaluate_pipeline(pipeline_for(unet, preset, parts), preset, prompts_per_kind, seed)
-    return {"val_loss": round(denoising_loss(unet, noise_scheduler, validation, seed), 4),
-            **denoise_scores(unet, noise_scheduler, parts, validation, timestep, seed), **generation_scores(scores)}
+    """The U-Net as it is now, scored on held-out data: validation loss; the checker on one-step
+    denoising from `timestep` ("denoise_*"); with `prompts_per_kind`, the checker on images generated
+    from pure noise for held-out captions (the shipped logs' columns: "single_*", "pair_*"). 0 skips
+    generation: a short run's generated images score at chance, and sampling is most of the cost."""
+    row = {"val_loss": round(denoising_loss(unet, noise_scheduler, validation, seed), 4),
+           **denoise_scores(unet, noise_scheduler, parts, validation, timestep, seed)}
+    if prompts_per_kind:
+        row.update(generation_scores(evaluate_pipeline(pipeline_for(unet, preset, parts), preset, prompts_per_kind,
+                                                       seed)))
+    return row

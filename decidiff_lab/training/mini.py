@@ -7,20 +7,21 @@ The same phase table (`recipe.PHASES`), data (`data.phase_data`) and loop (`unet
   too): only a fresh U-Net is trained;
 * no wall-clock deadline cuts a phase short, so the run is the same on every machine that
   computes the same floats;
-* the U-Net is scored before the first phase and after each, three ways (`evaluation`): a
-  denoising loss on a fixed validation batch, the checker on one-step denoising, and the checker
+* the U-Net is scored before the first phase and after each (`evaluation`): a denoising loss on
+  a fixed validation batch and the checker on one-step denoising, plus, on request, the checker
   on generated images. One row per checkpoint, with the shipped `*_phases.csv` logs' column names.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 
 from .. import nano
+from ..bench import bootstrap_interval, time_interleaved
 from ..loading import load_pipeline
 from ..shapes import make_dataset
 from .data import FrozenParts, Phase, precompute
@@ -66,10 +67,11 @@ class MiniRun:
 
 
 def run_mini(recipe: Recipe, parts: FrozenParts, phases: list[Phase], preset: str = "nano-deci",
-             prompts_per_kind: int = 12, seed: int = 0, validation_images: int = 96, timestep: int = 500,
+             prompts_per_kind: int = 0, seed: int = 0, validation_images: int = 64, timestep: int = 500,
              score_each_phase: bool = True) -> MiniRun:
     """Train a fresh `preset` U-Net through `phases` on the CPU; score it before the first and after
-    each (`score_each_phase=False`: after the last only, for an ablation compared by where it ends)."""
+    each (`score_each_phase=False`: after the last only, for an ablation compared by where it ends).
+    `prompts_per_kind` > 0 adds the generation scores (`evaluation.checkpoint_row`)."""
     unet, noise_scheduler = build_nano_unet(preset, recipe.seed)
     validation = validation_batch(recipe, parts, validation_images)
     scored = dict(preset=preset, parts=parts, validation=validation, prompts_per_kind=prompts_per_kind, seed=seed,
@@ -87,40 +89,48 @@ def run_mini(recipe: Recipe, parts: FrozenParts, phases: list[Phase], preset: st
     train_seconds, seen, kept = {}, 0, [first | {"samples_seen": 0}]
     for phase, row in zip(phases, rows):
         train_seconds[phase.name] = row.pop("train_seconds")
-        row.pop("losses")
+        row.pop("losses"), row.pop("lrs")
         seen += row["samples"]
         if score_each_phase or phase is phases[-1]:
             kept.append({**row, "phase": phase.name, "samples_seen": seen})
     return MiniRun(kept, baseline, train_seconds, unet, noise_scheduler, validation, preset)
 
 
-def training_step_seconds(cases: dict, batch: int = 64, rounds: int = 5, steps: int = 2, seed: int = 0) -> dict:
-    """Seconds per training sample (forward and backward at `batch`) for each case, best of `rounds`.
+def training_step_seconds(cases: dict, batch: int = 64, rounds: int = 5, steps: int = 1, seed: int = 0) -> dict:
+    """Seconds per training sample (forward and backward at `batch`) of each case, one per round.
 
     `cases` maps a name to `(unet, noise_scheduler, tensors)`. The cases take turns within every
-    round, so a neighbour's load or the machine's drift lands on all of them alike, and the minimum
-    keeps the round each ran undisturbed: a phase's wall time in `MiniRun.train_seconds` has no such
-    protection. The U-Nets' weights are left as they were (no optimiser step; gradients cleared).
+    round (`bench.time_interleaved`), so a neighbour's load or the machine's drift lands on all of
+    them alike and round k of one case pairs with round k of another (`step_cost_ratio`); a
+    phase's wall time in `MiniRun.train_seconds` has no such protection. The U-Nets' weights are
+    left as they were (no optimiser step; gradients cleared).
     """
-    batches = {}
+    def one_call(unet, noisy, t, states, target, weight):
+        def call():
+            was_training = unet.training
+            unet.train()
+            for _ in range(steps):
+                weighted_loss(unet(noisy, t, states).sample, target, weight).backward()
+            unet.zero_grad(set_to_none=True)
+            unet.train(was_training)
+        return call
+
+    calls = {}
     for name, (unet, noise_scheduler, tensors) in cases.items():
         gen = torch.Generator().manual_seed(seed)
         idx = torch.arange(batch) % len(tensors["latents"])
         x0 = tensors["latents"][idx]
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,), generator=gen)
-        batches[name] = (noise_scheduler.add_noise(x0, noise, t), t, tensors["text_states"][tensors["caption_ids"][idx]],
-                         *objective(noise_scheduler, x0, noise, t))
-    best = dict.fromkeys(cases, float("inf"))
-    for _ in range(rounds):
-        for name, (unet, _, _) in cases.items():
-            noisy, t, states, target, weight = batches[name]
-            was_training = unet.training
-            unet.train()
-            start = time.perf_counter()
-            for _ in range(steps):
-                weighted_loss(unet(noisy, t, states).sample, target, weight).backward()
-            best[name] = min(best[name], (time.perf_counter() - start) / (steps * batch))
-            unet.zero_grad(set_to_none=True)
-            unet.train(was_training)
-    return best
+        calls[name] = one_call(unet, noise_scheduler.add_noise(x0, noise, t), t,
+                               tensors["text_states"][tensors["caption_ids"][idx]], *objective(noise_scheduler, x0, noise, t))
+    seconds = time_interleaved(calls, repeats=rounds, warmup=1)
+    return {name: [s / (steps * batch) for s in samples] for name, samples in seconds.items()}
+
+
+def step_cost_ratio(seconds: dict, dear: str, cheap: str) -> tuple[float, tuple[float, float]]:
+    """How many times a `dear` training sample costs a `cheap` one (`training_step_seconds`): the
+    ratio of their best rounds, and a bootstrap interval over the rounds' paired ratios, for
+    `bench.read_ratio` to read."""
+    paired = np.asarray(seconds[dear]) / np.asarray(seconds[cheap])
+    return min(seconds[dear]) / min(seconds[cheap]), bootstrap_interval(paired)

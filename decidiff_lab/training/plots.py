@@ -35,8 +35,8 @@ def plot_scores(rows: list[dict], ax=None, keys=GENERATION_KEYS, baseline: dict 
 
 
 def plot_losses(rows: list[dict], ax=None, title: str = "Loss per phase"):
-    """Training loss at each phase's start and end (mean of its first 20 / last 50 steps) and,
-    where present, the validation loss at every checkpoint."""
+    """Training loss at each phase's start and end (mean of its first 20 / last 50 steps, or of its
+    first / last fifth if shorter) and, where present, the validation loss at every checkpoint."""
     ax = ax or plt.subplots(figsize=(6.5, 3.5))[1]
     trained = [r for r in rows if r.get("loss_first") is not None]
     for n, r in enumerate(trained):
@@ -53,14 +53,16 @@ def plot_losses(rows: list[dict], ax=None, title: str = "Loss per phase"):
 
 
 def plot_curves(rows: list[dict], title: str = "", baseline: dict | None = None):
-    """Loss and checker accuracy against samples seen: the figure notebook 07 shows for a run
-    (three panels: loss, denoising score, generation score) or for a shipped log (two)."""
-    denoise = DENOISE_KEYS[0] in rows[0]
-    fig, axes = plt.subplots(1, 3 if denoise else 2, figsize=(15 if denoise else 12, 3.8))
+    """Loss and checker accuracy against samples seen: the figure notebook 07 shows, one panel for
+    the loss and one for each score the rows hold (one-step denoising, generation)."""
+    panels = [keys for keys in (DENOISE_KEYS, GENERATION_KEYS) if keys[0] in rows[0]]
+    fig, axes = plt.subplots(1, 1 + len(panels), figsize=(15 if len(panels) == 2 else 12, 3.8))
     plot_losses(rows, axes[0])
-    if denoise:
-        plot_scores(rows, axes[1], DENOISE_KEYS, baseline, title="Checker accuracy, one-step denoising")
-    plot_scores(rows, axes[-1])
+    for ax, keys in zip(axes[1:], panels):
+        if keys is DENOISE_KEYS:
+            plot_scores(rows, ax, keys, baseline, title="Checker accuracy, one-step denoising")
+        else:
+            plot_scores(rows, ax)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -18,6 +18,7 @@ import logging
 import shutil
 import time
 from datetime import timedelta
+from itertools import zip_longest
 from pathlib import Path
 
 import torch
@@ -107,9 +108,12 @@ def train_nano(out_dir: Path, workdir: Path, recipe: Recipe | None = None, only:
         rows = train_unet(unet, noise_scheduler, phases, recipe, preset, score=score, accelerator=accelerator,
                           checkpoints=workdir, deadline=start + recipe.unet_minutes * 60, text_encoder=joint)
         if main:
-            write_rows(workdir / f"{preset}_phases.csv", [{k: v for k, v in r.items() if k != "losses"} for r in rows])
-            write_rows(workdir / f"{preset}_losses.csv", [{"phase": r["phase"], "step": i + 1, "loss": loss}
-                                                          for r in rows for i, loss in enumerate(r["losses"])])
+            write_rows(workdir / f"{preset}_phases.csv", [{k: v for k, v in r.items() if k not in ("losses", "lrs")}
+                                                          for r in rows])
+            # The loss and learning rate of every step (no lr in a row that a pre-#26 checkpoint resumed).
+            write_rows(workdir / f"{preset}_losses.csv", [{"phase": r["phase"], "step": i + 1, "loss": loss, "lr": lr}
+                                                          for r in rows for i, (loss, lr)
+                                                          in enumerate(zip_longest(r["losses"], r.get("lrs", [])))])
             save_pipeline(out_dir / preset, preset, accelerator.unwrap_model(unet), parts)
         if joint is not None:  # freeze it; the next U-Net trains on its (now fixed) states
             joint.requires_grad_(False)

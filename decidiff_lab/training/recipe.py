@@ -60,7 +60,7 @@ class Recipe:
 
     @classmethod
     def mini(cls, **overrides) -> "Recipe":
-        """Notebook 07's run: one U-Net, about fifteen seconds of training on one CPU thread.
+        """Notebook 07's run: one U-Net, well under a minute of training on one CPU thread.
 
         Sized by what a notebook test can afford (the whole notebook in about a minute on one
         thread), not by what the U-Net needs: 2,400 samples, 70% of them in the cheap 32x32 phase,

@@ -89,7 +89,7 @@ def make_optimizer(model, recipe: Recipe, text_encoder=None) -> Lamb:
     Why one: `pytorch_optimizer`'s LAMB divides its step by Adam's first-moment bias correction, so a
     fresh one moves every weight tensor by 10x its learning rate at its first step, 5x at its second
     (notebook 07, section 5). Built anew for each phase, it hit phases 3 and 4, which have no cosine
-    warm-up, with that jolt; carried over, only the run's first steps see it, inside their warm-up.
+    warm-up, with that jolt; carried over, only the run's first steps see it (phase 1's short warm-up brings it to about twice the peak rate).
     """
     params = list(model.parameters()) + (text_encoder_trainables(text_encoder) if text_encoder else [])
     return Lamb(params, lr=recipe.unet_lr, weight_decay=0.01)
@@ -100,8 +100,8 @@ def phase_lr(recipe: Recipe, lr_schedule: str, steps: int) -> Callable[[int], fl
 
     Every phase warms up linearly over its first `recipe.warmup_steps(steps)` steps (a share of the
     phase, so a short phase reaches its peak too), then "cosine" decays to zero by the phase's end
-    and "constant" holds `late_lr_scale` x `unet_lr`. Phases 3 and 4 warm up again because the
-    cosine before them ended near zero.
+    and "constant" holds `late_lr_scale` x `unet_lr`. A phase of under ten steps gets a one-step
+    warm-up, which is no ramp: it starts at its peak (mild, with the carried optimiser's moments).
     """
     peak = recipe.unet_lr * (1.0 if lr_schedule == "cosine" else recipe.late_lr_scale)
     warmup = recipe.warmup_steps(steps)

@@ -7,6 +7,8 @@ import shutil
 import subprocess
 import sys
 from dataclasses import replace
+from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +18,7 @@ from pytorch_optimizer import Lamb
 from safetensors.torch import load_file
 
 from decidiff_lab import nano
+from decidiff_lab.bench import cpu_threads
 from decidiff_lab.errors import UserError
 from decidiff_lab.training import PHASES, Recipe
 from decidiff_lab.training.data import Phase
@@ -182,32 +185,61 @@ def test_the_joint_text_encoder_on_more_than_one_process_is_a_one_line_error():
                    text_encoder=torch.nn.Linear(1, 1))
 
 
-def _train_nano(tmp_path, name, processes, recipe_file, check=True):
-    launch = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
-              if processes > 1 else [sys.executable])
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
-    out = subprocess.run([*launch, "-m", "decidiff_lab", "train-nano", "--recipe", str(recipe_file),
-                          "--only", "nano-deci", "--out", str(tmp_path / f"out-{name}"),
-                          "--workdir", str(tmp_path / f"work-{name}")],
-                         capture_output=True, text=True, timeout=300, env=env)
-    if check:  # every process's error first: torchrun's own tail shows only the survivor's
-        errors = [line for line in out.stderr.splitlines() if "Error" in line]
-        assert out.returncode == 0, "\n".join(errors[:30]) + "\n...\n" + out.stderr[-2000:]
-    return out
+def _train_nano(tmp_path, name, recipe_file) -> int:
+    """`decidiff-lab train-nano` in this process: the CLI's own argument parsing and error handling."""
+    from decidiff_lab import cli
+
+    return cli.main(["train-nano", "--recipe", str(recipe_file), "--only", "nano-deci",
+                     "--out", str(tmp_path / f"out-{name}"), "--workdir", str(tmp_path / f"work-{name}")])
 
 
-def _losses(tmp_path, name):
-    with (tmp_path / f"work-{name}" / "nano-deci_losses.csv").open() as f:
+def _train_nano_checked(tmp_path, name, recipe_file):
+    assert _train_nano(tmp_path, name, recipe_file) == 0
+
+
+def _train_nano_as_one_of_two(tmp_path, name, recipe_file):
+    from accelerate import PartialState
+
+    _train_nano_checked(tmp_path, name, recipe_file)
+    assert PartialState().num_processes == 2  # a real gloo group, not two copies of a one-process run
+
+
+def _train_nano_on_two_processes(tmp_path, name, recipe_file):
+    # accelerate's CPU launcher forks this process twice (gloo, a file rendezvous): the same training code that
+    # `torchrun --nproc_per_node 2 -m decidiff_lab train-nano` runs, without importing torch again per process.
+    # A child's exception is raised here with its traceback.
+    from accelerate import debug_launcher
+
+    debug_launcher(partial(_train_nano_as_one_of_two, tmp_path, name, recipe_file), num_processes=2)
+
+
+def _twice_on_two_processes(tmp_path, recipe_file):
+    """Trains into work-two twice on two processes, keeping the first run's losses as losses-first.csv."""
+    _train_nano_on_two_processes(tmp_path, "two", recipe_file)
+    shutil.copy(tmp_path / "work-two" / "nano-deci_losses.csv", tmp_path / "losses-first.csv")
+    _train_nano_on_two_processes(tmp_path, "two", recipe_file)
+
+
+def _losses(file):
+    with file.open() as f:
         return [float(r["loss"]) for r in csv.DictReader(f)]
 
 
 @pytest.mark.slow
-def test_two_processes_follow_the_one_process_loss_curve_and_resume(tmp_path):
+def test_two_processes_follow_the_one_process_loss_curve_and_resume(tmp_path, capsys):
     recipe_file = tmp_path / "tiny.json"
     recipe_file.write_text(json.dumps(TINY))
-    _train_nano(tmp_path, "one", 1, recipe_file)
-    _train_nano(tmp_path, "two", 2, recipe_file)
-    one, two = _losses(tmp_path, "one"), _losses(tmp_path, "two")
+    with cpu_threads(1):  # as each of the two processes: the same order of float sums within a process
+        _train_nano_checked(tmp_path, "one", recipe_file)
+    # The forks run in a fresh interpreter on one OpenMP thread: a child forked after a multi-threaded OpenMP
+    # region (this pytest process may have run one) waits forever on its parent's thread pool.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    code = f"import test_training as t, pathlib; t._twice_on_two_processes(pathlib.Path({str(tmp_path)!r}), " \
+           f"pathlib.Path({str(recipe_file)!r}))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    one, two = _losses(tmp_path / "work-one" / "nano-deci_losses.csv"), _losses(tmp_path / "losses-first.csv")
     assert len(one) == len(two) == 8
     # The same global batch, sliced over gloo processes: only the order of float sums differs.
     assert max(abs(a - b) for a, b in zip(one, two)) < 1e-5
@@ -215,14 +247,14 @@ def test_two_processes_follow_the_one_process_loss_curve_and_resume(tmp_path):
                for n in ("one", "two")]
     assert max((weights[0][k].float() - weights[1][k].float()).abs().max().item() for k in weights[0]) < 1e-2
     assert json.loads((tmp_path / "out-two" / "recipe.json").read_text())["unet_batch"] == 8
-    # Rerun: every phase is loaded from its checkpoint, the curve is the same.
-    _train_nano(tmp_path, "two", 2, recipe_file)
-    assert _losses(tmp_path, "two") == two
+    # The rerun on two processes loaded every phase from its checkpoint: the curve is the same.
+    assert _losses(tmp_path / "work-two" / "nano-deci_losses.csv") == two
     # Another recipe in the same workdir: a one-line error that names the fix, exit 2.
     recipe_file.write_text(json.dumps({**TINY, "unet_lr": 1e-2}))
-    refused = _train_nano(tmp_path, "two", 1, recipe_file, check=False)
-    assert refused.returncode == 2 and "another recipe (unet_lr differ)" in refused.stderr
-    assert "Traceback" not in refused.stderr
+    capsys.readouterr()
+    assert _train_nano(tmp_path, "two", recipe_file) == 2
+    err = capsys.readouterr().err
+    assert "another recipe (unet_lr differ)" in err and "Traceback" not in err
 
 
 def test_the_quoted_recipes_gpu_hours_follow_from_its_steps_and_batches():

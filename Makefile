@@ -17,12 +17,13 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 setup: $(STAMP)
 
-# --no-compile: Python byte-compiles on first import only the modules that are used (~30 s less set-up).
+# torch with pip (the CPU build on this machine's disk is where pip looks, not uv), then the rest with uv,
+# which keeps that torch and installs in seconds what pip takes a minute for. No byte-compiling: Python
+# compiles on first import only the modules that are used.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --no-compile $(TORCH)
-	$(PY) -m pip install --quiet --no-compile -e ".[lab,deploy,test]"
+	$(PY) -m pip install --quiet --no-compile $(TORCH) uv
+	$(VENV)/bin/uv pip install --python $(PY) --quiet -e ".[lab,deploy,test]"
 	$(PY) -m ipykernel install --sys-prefix --name decidiff-lab --display-name "decidiff-lab" >/dev/null
 	touch $(STAMP)
 
@@ -74,10 +75,9 @@ FLOOR_CONSTR := tests/floor-constraints.txt
 $(FLOOR_STAMP): pyproject.toml scripts/floor_constraints.py
 	rm -rf $(FLOOR_VENV)
 	$(PYTHON) -m venv $(FLOOR_VENV)
-	$(FLOOR_PY) -m pip install --quiet --upgrade pip
 	$(FLOOR_PY) scripts/floor_constraints.py pyproject.toml $(FLOOR_CONSTR)
-	$(FLOOR_PY) -m pip install --quiet --no-compile $(TORCH)
-	$(FLOOR_PY) -m pip install --quiet --no-compile -e ".[lab,test]" -c $(FLOOR_CONSTR)
+	$(FLOOR_PY) -m pip install --quiet --no-compile $(TORCH) uv
+	$(FLOOR_VENV)/bin/uv pip install --python $(FLOOR_PY) --quiet -e ".[lab,test]" -c $(FLOOR_CONSTR)
 	$(FLOOR_PY) -m ipykernel install --sys-prefix --name decidiff-lab --display-name "decidiff-lab" >/dev/null
 	touch $(FLOOR_STAMP)
 
@@ -97,9 +97,10 @@ course: $(STAMP)
 # The GPU path without a GPU or the hub: every notebook on the replica of the real hub repos
 # (tests/replica_hub.py: real ids, pinned commits, layout and JSON files, tiny random weights), the preset
 # forced to deci-v2, and to deci-v1 in the notebooks that compare architectures. A cell error fails; outputs
-# are not compared (random weights draw noise), the notebooks assert the real-path contract. Built with 32
-# latent cells a side (256 px images): at the real 64 (512 px, what tests/test_real_path.py loads) the
-# notebooks take 5x longer on 2 cores (00: 189 s vs 38 s), more than CI's budget holds. The two training
+# are not compared (random weights draw noise), the notebooks assert the real-path contract. Built with 16
+# latent cells a side (128 px images; every U-Net still downsamples to 2x2): the real 64 (512 px, what
+# tests/test_real_path.py loads) takes 5x longer than 32 on 2 cores (00: 189 s vs 38 s), and 32 took 699 s
+# for both passes in a quiet CI run, 16 about half that. The two training
 # notebooks are left out: they train nano models whatever the preset (7.5 and 5.3 minutes on the replica,
 # passed by hand), and their one preset-dependent call, comparison_pair, runs in every other notebook.
 REPLICA     := build/replica-hf-home
@@ -108,7 +109,7 @@ COMPARING   := notebooks/00_quickstart.ipynb notebooks/03_unet_nas.ipynb
 ON_REPLICA  := $(filter-out $(TRAINING),$(NOTEBOOKS))
 $(REPLICA)/.built: tests/replica_hub.py decidiff_lab/presets.py decidiff_lab/hub.py decidiff_lab/architectures.py $(STAMP)
 	rm -rf $(REPLICA)
-	$(PY) tests/replica_hub.py $(REPLICA) --sample-size 32
+	$(PY) tests/replica_hub.py $(REPLICA) --sample-size 16
 	touch $@
 
 test-replica: $(STAMP) $(REPLICA)/.built

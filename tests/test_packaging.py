@@ -65,19 +65,30 @@ def _make_setup_commands(**env) -> list[list[str]]:
 
 
 def _pip_installs(commands: list[list[str]]) -> list[list[str]]:
-    """What each `python -m pip install` installs, in order: its arguments less the `--` options."""
-    return [[w for w in words[4:] if not w.startswith("--")] for words in commands
-            if words[1:4] == ["-m", "pip", "install"]]
+    """What each `python -m pip install` or `uv pip install` installs, in order: its arguments less the options."""
+    installs = []
+    for words in commands:
+        at = next((i for i in range(len(words) - 1) if words[i:i + 2] == ["pip", "install"]), None)
+        if at is None or not (words[at - 1] == "-m" or words[at - 1].endswith("/uv")):
+            continue
+        args, rest = [], iter(words[at + 2:])
+        for w in rest:
+            if w in ("--python", "-c"):  # options that take a value
+                next(rest)
+            elif not w.startswith("--"):
+                args.append(w)
+        installs.append(args)
+    return installs
 
 
 def test_makefile_pins_the_local_cpu_torch_before_the_package():
     commands = _make_setup_commands()
     installs = _pip_installs(commands)
-    assert installs.index(["torch==2.13.0"]) < installs.index(["-e", ".[lab,deploy,test]"])
+    assert installs.index(["torch==2.13.0", "uv"]) < installs.index(["-e", ".[lab,deploy,test]"])
     kernel = next(words for words in commands if words[1:4] == ["-m", "ipykernel", "install"])
     assert kernel[kernel.index("--name") + 1] == "decidiff-lab"
     # The pin is only a default: TORCH from the environment replaces it.
-    assert ["torch"] in _pip_installs(_make_setup_commands(TORCH="torch"))
+    assert ["torch", "uv"] in _pip_installs(_make_setup_commands(TORCH="torch"))
 
 
 def test_no_remote_code_or_pickle_loading_in_the_package_or_notebooks():

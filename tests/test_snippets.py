@@ -22,7 +22,8 @@ NOT_RUN = {
     "decidiff-lab train-nano": "5 to 105 minutes of training (tests/test_nano.py trains a few steps)",
     "decidiff-lab doctor --smoke": "needs a GPU and the real weights (tests/test_real_path.py runs it on the replica)",
     "accelerate launch": "needs 8 GPUs (tests/test_training.py runs the same loop on 2 CPU processes)",
-    "ACCELERATE_USE_CPU=true torchrun": "minutes of training (tests/test_training.py runs it with a tiny recipe)",
+    "ACCELERATE_USE_CPU=true torchrun": "minutes of training (tests/test_training.py runs train-nano on 2 gloo "
+                                        "processes, forked by accelerate, with a tiny recipe)",
 }
 
 

@@ -99,9 +99,8 @@ course: $(STAMP)
 # forced to deci-v2, and to deci-v1 in the notebooks that compare architectures. A cell error fails; outputs
 # are not compared (random weights draw noise), the notebooks assert the real-path contract. Built with 16
 # latent cells a side (128 px images; every U-Net still downsamples to 2x2): the real 64 (512 px, what
-# tests/test_real_path.py loads) takes 5x longer than 32 on 2 cores (00: 189 s vs 38 s), and 32 took 699 s
-# for both passes in a quiet CI run, 16 about half that. The two training
-# notebooks are left out: they train nano models whatever the preset (7.5 and 5.3 minutes on the replica,
+# tests/test_real_path.py loads) takes 5x longer than 32 on 2 cores (00: 189 s vs 38 s); in quiet fresh-clone
+# CI runs both passes took 699 s at 32 and 322 s at 16. The two training notebooks are left out: they train nano models whatever the preset (7.5 and 5.3 minutes on the replica,
 # passed by hand), and their one preset-dependent call, comparison_pair, runs in every other notebook.
 REPLICA     := build/replica-hf-home
 REPLICA_ENV := HF_HOME=$(abspath $(REPLICA)) HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
